@@ -1,0 +1,238 @@
+"""Plain-PyTorch reference forms of the mLSTM (matrix memory) cell.
+
+Shapes (per batch b and head h):
+    q, k: (B, H, T, K)    v: (B, H, T, V)    i, f: (B, H, T) gate pre-activations
+    state = (C, n, m): C (B, H, K, V), n (B, H, K), m (B, H), always float32.
+
+C and n are stored scaled by exp(-m) (m is the log-scale stabilizer); the "true" state is
+(C * exp(m), n * exp(m)). A missing state means C = 0, n = 0, m = 0.
+
+All forms compute the same stabilizer m_t (the one of the recurrent step,
+m_t = max(lsig(f_t) + m_{t-1}, i_t), unrolled), so they agree with each other exactly in
+exact arithmetic, eps included:
+
+    h_t = C_t^T q_t / (max(|n_t^T q_t|, exp(-m_t)) + eps),   q_t already scaled by 1/sqrt(K).
+
+Math runs in float32 whatever the input dtype; h comes back in q's dtype.
+
+Masking: a step with i = -inf and f = +inf leaves (C, n, m) unchanged (lsig(+inf) = 0 and
+exp(-inf) = 0), which is how the model pads; m never becomes -inf because the carried stabilizer
+(0 for a zero state) always takes part in the max.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+__all__ = ["mlstm_parallel", "mlstm_recurrent", "mlstm_chunkwise", "mlstm_step_native"]
+
+
+def _initial_state(state: MLSTMState | None, B: int, H: int, K: int, V: int, device) -> MLSTMState:
+    if state is None:
+        return (
+            torch.zeros(B, H, K, V, device=device, dtype=torch.float32),
+            torch.zeros(B, H, K, device=device, dtype=torch.float32),
+            torch.zeros(B, H, device=device, dtype=torch.float32),
+        )
+    C, n, m = state
+    return C.float(), n.float(), m.float()
+
+
+def _segsum(x: torch.Tensor) -> torch.Tensor:
+    """out[..., t, s] = sum_{s < r <= t} x[..., r] for s <= t, -inf above the diagonal.
+
+    Summed directly per segment rather than as cumsum[t] - cumsum[s]: the difference of two long
+    cumulative sums loses the digits that decide exp(.) when forget gates are strongly negative.
+    """
+    L = x.shape[-1]
+    ones = torch.ones(L, L, dtype=torch.bool, device=x.device)
+    strictly_lower = torch.tril(ones, diagonal=-1)
+    # xs[..., t, s] = x[..., t] where t > s, so a cumsum over t sums x over (s, t].
+    xs = x.unsqueeze(-1).expand(*x.shape, L).masked_fill(~strictly_lower, 0.0)
+    seg = torch.cumsum(xs, dim=-2)
+    return seg.masked_fill(~torch.tril(ones), float("-inf"))
+
+
+def mlstm_step_native(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    state: MLSTMState | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """One stabilized recurrent step. q, k: (B, H, K); v: (B, H, V); i, f: (B, H).
+
+    Returns h (B, H, V) in q's dtype and the new float32 state (C, n, m).
+    """
+    out_dtype = q.dtype
+    B, H, K = q.shape
+    V = v.shape[-1]
+    C, n, m = _initial_state(state, B, H, K, V, q.device)
+    q, k, v, i, f = (t.float() for t in (q, k, v, i, f))
+    q = q * K**-0.5
+
+    log_f = F.logsigmoid(f)
+    m_new = torch.maximum(log_f + m, i)
+    f_act = torch.exp(log_f + m - m_new)
+    i_act = torch.exp(i - m_new)
+
+    C_new = f_act[..., None, None] * C + i_act[..., None, None] * (k[..., :, None] * v[..., None, :])
+    n_new = f_act[..., None] * n + i_act[..., None] * k
+
+    num = torch.einsum("bhkv,bhk->bhv", C_new, q)
+    qn = torch.einsum("bhk,bhk->bh", n_new, q)
+    den = torch.maximum(qn.abs(), torch.exp(-m_new)) + eps
+    h = num / den[..., None]
+    return h.to(out_dtype), (C_new, n_new, m_new)
+
+
+def mlstm_recurrent(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    initial_state: MLSTMState | None = None,
+    return_final_state: bool = False,
+    eps: float = 1e-6,
+):
+    """Step-by-step loop over T with `mlstm_step_native`. Shapes as in the module docstring."""
+    B, H, T, K = q.shape
+    state = _initial_state(initial_state, B, H, K, v.shape[-1], q.device)
+    hs = []
+    for t in range(T):
+        h_t, state = mlstm_step_native(
+            q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state, eps
+        )
+        hs.append(h_t)
+    h = torch.stack(hs, dim=2)
+    return (h, state) if return_final_state else h
+
+
+def mlstm_parallel(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    initial_state: MLSTMState | None = None,
+    return_final_state: bool = False,
+    eps: float = 1e-6,
+):
+    """The T x T parallel form (the readable spec; O(T^2) memory).
+
+    With F_t = sum_{r<=t} lsig(f_r), step s reaches step t with log weight
+    logD_ts = F_t - F_s + i_s (s <= t) and the carried state with log weight F_t + m_0.
+    m_t is the max over all of them, so it equals the recurrent stabilizer.
+    """
+    out_dtype = q.dtype
+    B, H, T, K = q.shape
+    C0, n0, m0 = _initial_state(initial_state, B, H, K, v.shape[-1], q.device)
+    q, k, v, i, f = (t.float() for t in (q, k, v, i, f))
+    q = q * K**-0.5
+
+    log_f = F.logsigmoid(f)  # (B, H, T)
+    log_D = _segsum(log_f) + i[..., None, :]  # (B, H, T, T)
+    log_init = torch.cumsum(log_f, dim=-1) + m0[..., None]  # (B, H, T)
+    m = torch.maximum(log_D.amax(dim=-1), log_init)  # (B, H, T)
+
+    S = (q @ k.transpose(-1, -2)) * torch.exp(log_D - m[..., None])
+    w_init = torch.exp(log_init - m)
+    num = S @ v + w_init[..., None] * (q @ C0)
+    qn = S.sum(dim=-1) + w_init * torch.einsum("bhtk,bhk->bht", q, n0)
+    h = num / (torch.maximum(qn.abs(), torch.exp(-m)) + eps)[..., None]
+    h = h.to(out_dtype)
+    if not return_final_state:
+        return h
+
+    # Final state: the last row of the same weights, without q.
+    log_w = log_D[..., -1, :]  # (B, H, T): sum_{s<r<=T} lsig(f_r) + i_s
+    log_w_init = log_init[..., -1]
+    m_T = torch.maximum(log_w.amax(dim=-1), log_w_init)
+    w = torch.exp(log_w - m_T[..., None])
+    w0 = torch.exp(log_w_init - m_T)
+    C_T = w0[..., None, None] * C0 + torch.einsum("bhtk,bhtv->bhkv", k * w[..., None], v)
+    n_T = w0[..., None] * n0 + torch.einsum("bhtk,bht->bhk", k, w)
+    return h, (C_T, n_T, m_T)
+
+
+def mlstm_chunkwise(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    initial_state: MLSTMState | None = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+):
+    """Chunkwise form: linear in T, memory O(B*H*T*L) for the intra-chunk part.
+
+    The (C, n, m) recurrence runs across chunks (a Python loop over T/L chunks); inside every chunk
+    the output combines the carried state and the intra-chunk parallel part under one shared
+    stabilizer m_t and one denominator, all chunks at once. A last partial chunk is padded with
+    masked steps (lsig(f) = 0, i = -inf), which leave the state exactly unchanged.
+    """
+    out_dtype = q.dtype
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    C, n, m = _initial_state(initial_state, B, H, K, V, q.device)
+    q, k, v, i, f = (t.float() for t in (q, k, v, i, f))
+    q = q * K**-0.5
+    log_f = F.logsigmoid(f)
+
+    L = max(1, min(chunk_size, T))
+    NC = -(-T // L)
+    pad = NC * L - T
+    if pad:
+        q = F.pad(q, (0, 0, 0, pad))
+        k = F.pad(k, (0, 0, 0, pad))
+        v = F.pad(v, (0, 0, 0, pad))
+        i = F.pad(i, (0, pad), value=float("-inf"))
+        log_f = F.pad(log_f, (0, pad), value=0.0)
+
+    q = q.view(B, H, NC, L, K)
+    k = k.view(B, H, NC, L, K)
+    v = v.view(B, H, NC, L, V)
+    i = i.view(B, H, NC, L)
+    log_f = log_f.view(B, H, NC, L)
+
+    seg = _segsum(log_f)  # (B, H, NC, L, L)
+    log_D = seg + i[..., None, :]  # intra-chunk weights, -inf above the diagonal
+    F_in = torch.cumsum(log_f, dim=-1)  # decay from the chunk start to t (inclusive)
+    g = F_in[..., -1]  # (B, H, NC): decay over the whole chunk
+    a = log_D[..., -1, :]  # (B, H, NC, L): weight of step t in the chunk's end state
+
+    # Inter-chunk recurrence; C_in[c] is the state entering chunk c.
+    C_in, n_in, m_in = [], [], []
+    for c in range(NC):
+        C_in.append(C)
+        n_in.append(n)
+        m_in.append(m)
+        m_new = torch.maximum(g[:, :, c] + m, a[:, :, c].amax(dim=-1))
+        decay = torch.exp(g[:, :, c] + m - m_new)
+        w = torch.exp(a[:, :, c] - m_new[..., None])  # (B, H, L)
+        k_c = k[:, :, c]
+        C = decay[..., None, None] * C + torch.einsum("bhlk,bhlv->bhkv", k_c * w[..., None], v[:, :, c])
+        n = decay[..., None] * n + torch.einsum("bhlk,bhl->bhk", k_c, w)
+        m = m_new
+    C_in = torch.stack(C_in, dim=2)  # (B, H, NC, K, V)
+    n_in = torch.stack(n_in, dim=2)  # (B, H, NC, K)
+    m_in = torch.stack(m_in, dim=2)  # (B, H, NC)
+
+    # Outputs of all chunks at once.
+    log_inter = F_in + m_in[..., None]  # (B, H, NC, L)
+    m_t = torch.maximum(log_D.amax(dim=-1), log_inter)
+    S = (q @ k.transpose(-1, -2)) * torch.exp(log_D - m_t[..., None])
+    w_inter = torch.exp(log_inter - m_t)
+    num = S @ v + w_inter[..., None] * (q @ C_in)
+    qn = S.sum(dim=-1) + w_inter * torch.einsum("bhclk,bhck->bhcl", q, n_in)
+    h = num / (torch.maximum(qn.abs(), torch.exp(-m_t)) + eps)[..., None]
+    h = h.reshape(B, H, NC * L, V)[:, :, :T].to(out_dtype)
+    return (h, (C, n, m)) if return_final_state else h
