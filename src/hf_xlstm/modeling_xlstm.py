@@ -1,0 +1,545 @@
+"""xLSTM models in the transformers mould, read top to bottom: small layers, the three mixers (paper mLSTM,
+paper sLSTM, xLSTM-7B mLSTM), the blocks, the PreTrainedModel with its init, the backbone, the causal LM.
+
+The sequence ops (`mlstm`, `mlstm_step`, `slstm`) live in hf_xlstm.kernels, which picks the backend (Triton on
+CUDA, plain PyTorch elsewhere). Shapes in comments: B batch, T time, D hidden, H heads, Di inner width.
+
+Padding: a position whose attention_mask is 0 leaves every state exactly as it was. The mLSTM gets input gate
+-inf and forget gate +inf there (so C, n, m are untouched), the sLSTM skips the step, and causal convs see a zero
+input (the value a fresh sequence would see). So a left-padded row behaves as the row alone, and a right-padded
+training row gets the logits it has alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .cache_xlstm import xLSTMCache, xLSTMCacheLayer
+from .configuration_xlstm import xLSTMConfig
+from .kernels import mlstm, mlstm_step, slstm
+
+logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------- small layers
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(x / cap): bounds gate pre-activations and logits smoothly (xLSTM-7B)."""
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim with the reduction in float32 (bf16 sums of squares lose too much)."""
+
+    def __init__(self, dim: int, eps: float, bias: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with a weight and optional bias (the paper blocks use no bias)."""
+
+    def __init__(self, dim: int, eps: float, bias: bool = False):
+        super().__init__(dim, eps=eps, bias=bias)
+
+
+class MultiHeadLayerNorm(nn.Module):
+    """Per-head LayerNorm ("GroupNorm" of the paper): (B, T, H, Dh) -> (B, T, H*Dh), stats in float32."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float, bias: bool = False):
+        super().__init__()
+        self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
+        self.weight = nn.Parameter(torch.ones(num_heads * head_dim))
+        self.bias = nn.Parameter(torch.zeros(num_heads * head_dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, H, Dh = x.shape
+        x32 = x.float()
+        y = (x32 - x32.mean(-1, keepdim=True)) * torch.rsqrt(x32.var(-1, keepdim=True, unbiased=False) + self.eps)
+        y = y.to(x.dtype).reshape(B, T, H * Dh) * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal conv over time. With a cache it continues from the last `kernel_size - 1` inputs.
+
+    forward(x (B,T,C), window (B,k-1,C) or None) -> (y (B,T,C), new window (B,k-1,C)).
+    """
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, window: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        k = self.kernel_size
+        if window is None:
+            window = x.new_zeros(B, k - 1, C)
+        xx = torch.cat([window.to(x.dtype), x], dim=1)  # (B, k-1+T, C)
+        y = F.conv1d(xx.transpose(1, 2), self.weight, self.bias, groups=C).transpose(1, 2)
+        return y, xx[:, xx.shape[1] - (k - 1):]
+
+
+class HeadwiseLinear(nn.Module):
+    """Block-diagonal linear map (the paper's "LinearHeadwiseExpand"): `num_blocks` independent
+    (in/num_blocks -> out/num_blocks) maps. weight: (num_blocks, out_per_block, in_per_block)."""
+
+    def __init__(self, features: int, num_blocks: int, bias: bool = False):
+        super().__init__()
+        self.num_blocks = num_blocks
+        per = features // num_blocks
+        self.weight = nn.Parameter(torch.empty(num_blocks, per, per))
+        self.bias = nn.Parameter(torch.zeros(features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(*shape[:-1], self.num_blocks, -1)
+        y = torch.einsum("...bi,boi->...bo", x, self.weight).reshape(shape)
+        return y if self.bias is None else y + self.bias
+
+
+class GatedFeedForward(nn.Module):
+    """act(gate) * up -> down. GeLU in the paper's sLSTM block, SiLU (SwiGLU) in the 7B block."""
+
+    def __init__(self, dim: int, inner: int, activation: str, bias: bool = False):
+        super().__init__()
+        self.proj_up_gate = nn.Linear(dim, inner, bias=bias)
+        self.proj_up = nn.Linear(dim, inner, bias=bias)
+        self.proj_down = nn.Linear(inner, dim, bias=bias)
+        self.act = {"gelu": F.gelu, "silu": F.silu}[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_down(self.act(self.proj_up_gate(x)) * self.proj_up(x))
+
+
+# ---------------------------------------------------------------------------------------------------- sequence mixers
+def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, cache_layer: xLSTMCacheLayer | None) -> torch.Tensor:
+    """Shared by both mLSTM mixers. q, k (B,T,H*K), v (B,T,H*V), i, f (B,T,H) -> h (B,T,H,V)."""
+    B, T, _ = q.shape
+    H = config.num_heads
+    q, k, v = (t.reshape(B, T, H, -1).transpose(1, 2) for t in (q, k, v))  # (B,H,T,*)
+    i, f = i.transpose(1, 2), f.transpose(1, 2)  # (B,H,T)
+    if mask is not None:
+        # A padded step: nothing enters (i = -inf) and nothing is forgotten (lsig(+inf) = 0).
+        keep = mask[:, None, :]
+        i = torch.where(keep, i, float("-inf"))
+        f = torch.where(keep, f, float("inf"))
+    state = cache_layer.get_state() if cache_layer is not None else None
+    kwargs = dict(backend=config.backend, eps=config.mlstm_eps)
+    if T == 1 and state is not None:
+        h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, **kwargs)
+        h = h[:, :, None]
+    elif cache_layer is not None:
+        h, state = mlstm(q, k, v, i, f, initial_state=state, return_final_state=True,
+                         chunk_size=config.chunk_size, **kwargs)
+    else:
+        h = mlstm(q, k, v, i, f, chunk_size=config.chunk_size, **kwargs)
+    if cache_layer is not None:
+        cache_layer.set_state(state)
+    return h.transpose(1, 2)  # (B,T,H,V)
+
+
+class mLSTMPaperLayer(nn.Module):
+    """The paper's mLSTM layer ("pre up-projection"): up-projection, causal conv, block-diagonal q/k/v,
+    gates from [q, k, v], mLSTM, per-head norm, learnable skip, SiLU(z) output gate, down-projection."""
+
+    def __init__(self, config: xLSTMConfig, block_idx: int):
+        super().__init__()
+        self.config = config
+        D, Di, H = config.hidden_size, config.mlstm_inner_size, config.num_heads
+        self.up_proj = nn.Linear(D, 2 * Di, bias=False)
+        self.conv = CausalConv1d(Di, config.conv_kernel_size)
+        num_qkv_blocks = Di // config.qkv_proj_blocksize
+        self.q_proj = HeadwiseLinear(Di, num_qkv_blocks)
+        self.k_proj = HeadwiseLinear(Di, num_qkv_blocks)
+        self.v_proj = HeadwiseLinear(Di, num_qkv_blocks)
+        self.igate = nn.Linear(3 * Di, H, bias=True)
+        self.fgate = nn.Linear(3 * Di, H, bias=True)
+        self.out_norm = MultiHeadLayerNorm(H, Di // H, eps=config.norm_eps)
+        self.skip = nn.Parameter(torch.ones(Di))
+        self.down_proj = nn.Linear(Di, D, bias=False)
+
+    def forward(self, x, mask=None, cache_layer=None):
+        x_m, z = self.up_proj(x).chunk(2, dim=-1)  # (B,T,Di) each
+        conv_in = x_m if mask is None else x_m * mask[..., None].to(x_m.dtype)
+        x_c, window = self.conv(conv_in, cache_layer.get_conv_window() if cache_layer is not None else None)
+        x_c = F.silu(x_c)
+        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
+        gate_in = torch.cat([q, k, v], dim=-1)
+        h = _run_mlstm(self.config, q, k, v, self.igate(gate_in), self.fgate(gate_in), mask, cache_layer)
+        if cache_layer is not None:
+            cache_layer.set_conv_window(window)
+        h = self.out_norm(h) + self.skip * x_c
+        return self.down_proj(h * F.silu(z))
+
+
+class mLSTMLargeLayer(nn.Module):
+    """The xLSTM-7B mLSTM layer: plain q/k/v projections, soft-capped gates from the normed input, per-head
+    norm, sigmoid output gate, out-projection. No conv, no skip."""
+
+    def __init__(self, config: xLSTMConfig, block_idx: int):
+        super().__init__()
+        self.config = config
+        D, H, bias = config.hidden_size, config.num_heads, config.use_bias
+        self.q = nn.Linear(D, config.qk_size, bias=bias)
+        self.k = nn.Linear(D, config.qk_size, bias=bias)
+        self.v = nn.Linear(D, config.v_size, bias=bias)
+        self.ogate = nn.Linear(D, config.v_size, bias=bias)
+        self.igate = nn.Linear(D, H, bias=True)
+        self.fgate = nn.Linear(D, H, bias=True)
+        self.out_norm = MultiHeadLayerNorm(H, config.v_size // H, eps=config.norm_eps, bias=bias)
+        self.out_proj = nn.Linear(config.v_size, D, bias=bias)
+
+    def forward(self, x, mask=None, cache_layer=None):
+        cap = self.config.gate_soft_cap
+        i, f = soft_cap(self.igate(x), cap), soft_cap(self.fgate(x), cap)
+        h = _run_mlstm(self.config, self.q(x), self.k(x), self.v(x), i, f, mask, cache_layer)
+        h = self.out_norm(h) * torch.sigmoid(self.ogate(x))
+        return self.out_proj(h)
+
+
+class sLSTMPaperLayer(nn.Module):
+    """The paper's sLSTM layer: a causal conv + SiLU feeds the i and f gates, the input itself feeds z and o;
+    per-head block-diagonal input projections, the sLSTM recurrence with per-head recurrent matrices R, per-head
+    norm. Gate order everywhere: i, f, z, o."""
+
+    def __init__(self, config: xLSTMConfig, block_idx: int):
+        super().__init__()
+        self.config = config
+        self.block_idx = block_idx  # the forget-gate bias init depends on depth
+        D, H = config.hidden_size, config.num_heads
+        Dh = D // H
+        self.conv = CausalConv1d(D, config.conv_kernel_size)
+        self.igate = HeadwiseLinear(D, H)
+        self.fgate = HeadwiseLinear(D, H)
+        self.zgate = HeadwiseLinear(D, H)
+        self.ogate = HeadwiseLinear(D, H)
+        self.recurrent_kernel = nn.Parameter(torch.zeros(4, H, Dh, Dh))  # R: (gate, head, in, out)
+        self.bias = nn.Parameter(torch.zeros(4, H, Dh))
+        self.out_norm = MultiHeadLayerNorm(H, Dh, eps=config.norm_eps)
+
+    def forward(self, x, mask=None, cache_layer=None):
+        B, T, D = x.shape
+        H = self.config.num_heads
+        conv_in = x if mask is None else x * mask[..., None].to(x.dtype)
+        x_c, window = self.conv(conv_in, cache_layer.get_conv_window() if cache_layer is not None else None)
+        x_c = F.silu(x_c)
+        gates = torch.stack([self.igate(x_c), self.fgate(x_c), self.zgate(x), self.ogate(x)], dim=2)
+        gates = gates.reshape(B, T, 4, H, D // H) + self.bias.to(gates.dtype)
+        state = cache_layer.get_state() if cache_layer is not None else None
+        out = slstm(gates, self.recurrent_kernel.to(gates.dtype), initial_state=state,
+                    return_final_state=cache_layer is not None, backend=self.config.backend, mask=mask)
+        if cache_layer is not None:
+            h, state = out
+            cache_layer.set_state(state)
+            cache_layer.set_conv_window(window)
+        else:
+            h = out
+        return self.out_norm(h)  # (B,T,D)
+
+
+# ---------------------------------------------------------------------------------------------------- blocks
+class _Block(GradientCheckpointingLayer):
+    def _cache_layer(self, past_key_values):
+        return past_key_values.layers[self.block_idx] if past_key_values is not None else None
+
+
+class mLSTMBlock(_Block):
+    """Paper mLSTM block: x + mLSTMPaperLayer(LayerNorm(x))."""
+
+    def __init__(self, config: xLSTMConfig, block_idx: int):
+        super().__init__()
+        self.block_idx = block_idx
+        self.norm = LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.mixer = mLSTMPaperLayer(config, block_idx)
+
+    def forward(self, hidden_states, mask=None, past_key_values=None):
+        return hidden_states + self.mixer(self.norm(hidden_states), mask, self._cache_layer(past_key_values))
+
+
+class sLSTMBlock(_Block):
+    """Paper sLSTM block ("post up-projection"): x + sLSTM(LN(x)), then x + GeLU-gated MLP(LN(x))."""
+
+    def __init__(self, config: xLSTMConfig, block_idx: int):
+        super().__init__()
+        self.block_idx = block_idx
+        self.norm = LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.mixer = sLSTMPaperLayer(config, block_idx)
+        self.ffn_norm = LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.ffn = GatedFeedForward(config.hidden_size, config.slstm_ffn_size, "gelu")
+
+    def forward(self, hidden_states, mask=None, past_key_values=None):
+        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, self._cache_layer(past_key_values))
+        return hidden_states + self.ffn(self.ffn_norm(hidden_states))
+
+
+class xLSTMLargeBlock(_Block):
+    """xLSTM-7B block: x + mLSTMLargeLayer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+
+    def __init__(self, config: xLSTMConfig, block_idx: int):
+        super().__init__()
+        self.block_idx = block_idx
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, bias=config.use_bias)
+        self.mixer = mLSTMLargeLayer(config, block_idx)
+        self.ffn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, bias=config.use_bias)
+        self.ffn = GatedFeedForward(config.hidden_size, config.ffn_size, "silu", bias=config.use_bias)
+
+    def forward(self, hidden_states, mask=None, past_key_values=None):
+        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, self._cache_layer(past_key_values))
+        return hidden_states + self.ffn(self.ffn_norm(hidden_states))
+
+
+def build_block(config: xLSTMConfig, block_idx: int) -> _Block:
+    if config.block_style == "large":
+        return xLSTMLargeBlock(config, block_idx)
+    if config.block_types[block_idx] == "slstm":
+        return sLSTMBlock(config, block_idx)
+    return mLSTMBlock(config, block_idx)
+
+
+# ---------------------------------------------------------------------------------------------------- init
+def slstm_forget_bias(block_idx: int, num_blocks: int, head_dim: int) -> torch.Tensor:
+    """Power-law, block-dependent forget-gate bias: from +5 (cell 0) down to -7 (last cell); deeper blocks
+    keep more cells long-memory. Returns (head_dim,)."""
+    ratio = block_idx / (num_blocks - 1) if num_blocks > 1 else 0.0
+    cells = torch.arange(head_dim, dtype=torch.float32) / max(head_dim - 1, 1)
+    return -(-5.0 + 12.0 * cells ** (0.3 + 1.3 * ratio))
+
+
+class xLSTMPreTrainedModel(PreTrainedModel):
+    config_class = xLSTMConfig
+    config: xLSTMConfig
+    base_model_prefix = "backbone"
+    _no_split_modules = ["mLSTMBlock", "sLSTMBlock", "xLSTMLargeBlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Init by module type (children are visited before their parents, so a mixer's gate and output
+        projections below override the generic Linear init)."""
+        cfg = self.config
+        D, N = cfg.hidden_size, cfg.num_blocks
+        small_std = math.sqrt(2 / (5 * D))  # "small init" (Nguyen & Salazar)
+        wang_std = 2 / (N * math.sqrt(D))  # output projections, scaled with depth (Wang)
+        if isinstance(module, (nn.Embedding, nn.Linear)):
+            init.normal_(module.weight, std=small_std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, HeadwiseLinear):
+            init.normal_(module.weight, std=math.sqrt(2 / (5 * module.weight.shape[-1])))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, CausalConv1d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            init.zeros_(module.bias)
+        elif isinstance(module, (RMSNorm, LayerNorm, MultiHeadLayerNorm)):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, GatedFeedForward):
+            init.normal_(module.proj_down.weight, std=wang_std)
+        elif isinstance(module, mLSTMPaperLayer):
+            H = cfg.num_heads
+            init.zeros_(module.igate.weight)
+            init.normal_(module.igate.bias, std=0.1)
+            init.zeros_(module.fgate.weight)
+            init.copy_(module.fgate.bias, torch.linspace(3.0, 6.0, H))
+            init.ones_(module.skip)
+            init.normal_(module.down_proj.weight, std=wang_std)
+        elif isinstance(module, mLSTMLargeLayer):
+            H = cfg.num_heads
+            init.zeros_(module.igate.weight)
+            init.constant_(module.igate.bias, cfg.igate_bias_init)
+            init.zeros_(module.fgate.weight)
+            init.copy_(module.fgate.bias, torch.linspace(3.0, 6.0, H))
+            init.normal_(module.out_proj.weight, std=wang_std)
+        elif isinstance(module, sLSTMPaperLayer):
+            H, Dh = cfg.num_heads, D // cfg.num_heads
+            init.zeros_(module.recurrent_kernel)
+            bias = torch.zeros(4, H, Dh)
+            bias[1] = slstm_forget_bias(module.block_idx, N, Dh)
+            init.copy_(module.bias, bias)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+class xLSTMModel(xLSTMPreTrainedModel):
+    """Embedding -> blocks -> final norm. No positional encoding: the recurrences carry order."""
+
+    def __init__(self, config: xLSTMConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList([build_block(config, i) for i in range(config.num_blocks)])
+        norm_cls = RMSNorm if config.block_style == "large" else LayerNorm
+        self.norm = norm_cls(config.hidden_size, eps=config.norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, new_embeddings):
+        self.embeddings = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: xLSTMCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPast:
+        r"""
+        input_ids (B, T) or inputs_embeds (B, T, D); attention_mask (B, T) or (B, past + T) with 1 for real tokens
+        and 0 for padding; past_key_values: an `xLSTMCache` to continue from (streaming / generation).
+        """
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # Training never fills a cache unless asked to (the default in training is off).
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training and use_cache:
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing; setting use_cache=False.")
+            use_cache = False
+
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if input_ids is not None:
+            if input_ids.ndim != 2:
+                raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}.")
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+                raise ValueError(
+                    f"input_ids hold token ids outside [0, vocab_size={self.config.vocab_size}): min "
+                    f"{int(input_ids.min())}, max {int(input_ids.max())}. Check that the tokenizer matches the model."
+                )
+            inputs_embeds = self.embeddings(input_ids)
+        elif inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"inputs_embeds must be (batch, seq_len, {self.config.hidden_size}), "
+                             f"got shape {tuple(inputs_embeds.shape)}.")
+        B, T = inputs_embeds.shape[:2]
+
+        if past_key_values is not None and not isinstance(past_key_values, xLSTMCache):
+            raise ValueError(f"past_key_values must be an xLSTMCache (got {type(past_key_values).__name__}); "
+                             "let the model create it with use_cache=True.")
+        if use_cache and past_key_values is None:
+            past_key_values = xLSTMCache(self.config)
+        cache = past_key_values if use_cache or past_key_values is not None else None
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if cache is not None and cache.batch_size not in (-1, B):
+            raise ValueError(f"The cache holds states for batch size {cache.batch_size}, but the input has batch size "
+                             f"{B}. Use a new cache (or reorder it) for a different batch.")
+
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.ndim != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past_length + T):
+                expected = f"({B}, {T})" + (f" or ({B}, {past_length + T})" if past_length else "")
+                raise ValueError(f"attention_mask must have shape {expected} (batch, seq_len) with 1 for real tokens "
+                                 f"and 0 for padding, got {tuple(attention_mask.shape)}.")
+            mask = attention_mask[:, -T:].bool()
+
+        hidden_states = inputs_embeds
+        all_hidden_states = () if output_hidden_states else None
+        for block in self.blocks:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states = block(hidden_states, mask=mask, past_key_values=cache)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if cache is not None:
+            cache.advance(T)
+
+        if not return_dict:
+            return tuple(v for v in (hidden_states, cache, all_hidden_states) if v is not None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache,
+                                       hidden_states=all_hidden_states)
+
+
+class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
+    """xLSTM language model: the backbone, an LM head (tied to the embedding when tie_word_embeddings) and an
+    optional logit soft cap. Works with generate() as it is; the recurrent cache is an `xLSTMCache`."""
+
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
+    def __init__(self, config: xLSTMConfig):
+        super().__init__(config)
+        self.backbone = xLSTMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings):
+        self.backbone.set_input_embeddings(new_embeddings)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not make a DynamicCache: the model makes its own xLSTMCache on the first forward.
+        return False
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: xLSTMCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> tuple | CausalLMOutputWithPast:
+        r"""
+        labels (B, T): token ids to predict, shifted inside (labels = input_ids works); -100 is ignored.
+        logits_to_keep: compute logits only for the last that many positions (0 = all).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values, use_cache=use_cache, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = soft_cap(self.lm_head(hidden_states).float(), self.config.output_logit_soft_cap)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        if not return_dict:
+            out = (logits,) + tuple(v for v in (outputs.past_key_values, outputs.hidden_states) if v is not None)
+            return (loss,) + out if loss is not None else out
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states)

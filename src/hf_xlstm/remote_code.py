@@ -1,0 +1,54 @@
+"""Writes the model's own code next to its weights, so that
+`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` works without hf_xlstm installed.
+
+transformers' remote-code loader wants flat modules that import each other relatively (`from .x import y`).
+Our installed layout has the ops in the `hf_xlstm.kernels` package; in the saved folder that package becomes
+the module `kernels.py` (its `__init__`) beside its sibling modules, so every relative import resolves in both
+layouts. This file ships too, so a model loaded from such a folder can be saved again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import kernels as _kernels
+
+# The modules of hf_xlstm the model needs (the package __init__, which registers Auto classes, stays behind).
+MODEL_MODULES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "remote_code.py")
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_xlstm.xLSTMConfig",
+    "AutoModel": "modeling_xlstm.xLSTMModel",
+    "AutoModelForCausalLM": "modeling_xlstm.xLSTMForCausalLM",
+}
+
+
+def code_files() -> dict[str, Path]:
+    """Destination file name -> source path, for the layout we run from (installed package or flat folder)."""
+    here = Path(__file__).resolve().parent
+    kernels_file = Path(_kernels.__file__).resolve()
+    files = {name: here / name for name in MODEL_MODULES}
+    if kernels_file.name == "__init__.py":  # installed: hf_xlstm/kernels/ is a package
+        files["kernels.py"] = kernels_file
+        for path in sorted(kernels_file.parent.glob("*.py")):
+            if path.name != "__init__.py":
+                files[path.name] = path
+    else:  # a flat remote-code folder: the kernel modules sit beside kernels.py
+        for path in sorted(here.glob("*.py")):
+            if path.name != "__init__.py":
+                files[path.name] = path
+    return files
+
+
+def save_code(folder: str | Path) -> list[str]:
+    """Copy the model code into `folder`; returns the file names written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, source in code_files().items():
+        destination = folder / name
+        if source.resolve() != destination.resolve():
+            shutil.copyfile(source, destination)
+        written.append(name)
+    return written
