@@ -10,9 +10,12 @@ layouts. This file ships too, so a model loaded from such a folder can be saved 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
-from . import kernels as _kernels
+# Written as `from .kernels import ...` (not `from . import kernels`): that is the form transformers' loader
+# follows when it gathers the files a remote module needs.
+from .kernels import mlstm as _an_op  # noqa: F401
 
 # The modules of hf_xlstm the model needs (the package __init__, which registers Auto classes, stays behind).
 MODEL_MODULES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "remote_code.py")
@@ -27,7 +30,7 @@ AUTO_MAP = {
 def code_files() -> dict[str, Path]:
     """Destination file name -> source path, for the layout we run from (installed package or flat folder)."""
     here = Path(__file__).resolve().parent
-    kernels_file = Path(_kernels.__file__).resolve()
+    kernels_file = Path(sys.modules[f"{__package__}.kernels"].__file__).resolve()
     files = {name: here / name for name in MODEL_MODULES}
     if kernels_file.name == "__init__.py":  # installed: hf_xlstm/kernels/ is a package
         files["kernels.py"] = kernels_file
