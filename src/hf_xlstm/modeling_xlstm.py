@@ -115,6 +115,19 @@ class HeadwiseLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+class GateProjection(nn.Linear):
+    """Linear map to per-head gate pre-activations; its own type so init can find it (zero weights, and a bias
+    by role: "input" or "forget")."""
+
+    def __init__(self, in_features: int, num_heads: int, role: str):
+        super().__init__(in_features, num_heads, bias=True)
+        self.role = role
+
+
+class OutProjection(nn.Linear):
+    """A projection that writes into the residual stream; its own type so init can scale it with depth."""
+
+
 class GatedFeedForward(nn.Module):
     """act(gate) * up -> down. GeLU in the paper's sLSTM block, SiLU (SwiGLU) in the 7B block."""
 
@@ -122,7 +135,7 @@ class GatedFeedForward(nn.Module):
         super().__init__()
         self.proj_up_gate = nn.Linear(dim, inner, bias=bias)
         self.proj_up = nn.Linear(dim, inner, bias=bias)
-        self.proj_down = nn.Linear(inner, dim, bias=bias)
+        self.proj_down = OutProjection(inner, dim, bias=bias)
         self.act = {"gelu": F.gelu, "silu": F.silu}[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,11 +183,11 @@ class mLSTMPaperLayer(nn.Module):
         self.q_proj = HeadwiseLinear(Di, num_qkv_blocks)
         self.k_proj = HeadwiseLinear(Di, num_qkv_blocks)
         self.v_proj = HeadwiseLinear(Di, num_qkv_blocks)
-        self.igate = nn.Linear(3 * Di, H, bias=True)
-        self.fgate = nn.Linear(3 * Di, H, bias=True)
+        self.igate = GateProjection(3 * Di, H, role="input")
+        self.fgate = GateProjection(3 * Di, H, role="forget")
         self.out_norm = MultiHeadLayerNorm(H, Di // H, eps=config.norm_eps)
         self.skip = nn.Parameter(torch.ones(Di))
-        self.down_proj = nn.Linear(Di, D, bias=False)
+        self.down_proj = OutProjection(Di, D, bias=False)
 
     def forward(self, x, mask=None, cache_layer=None):
         x_m, z = self.up_proj(x).chunk(2, dim=-1)  # (B,T,Di) each
@@ -202,10 +215,10 @@ class mLSTMLargeLayer(nn.Module):
         self.k = nn.Linear(D, config.qk_size, bias=bias)
         self.v = nn.Linear(D, config.v_size, bias=bias)
         self.ogate = nn.Linear(D, config.v_size, bias=bias)
-        self.igate = nn.Linear(D, H, bias=True)
-        self.fgate = nn.Linear(D, H, bias=True)
+        self.igate = GateProjection(D, H, role="input")
+        self.fgate = GateProjection(D, H, role="forget")
         self.out_norm = MultiHeadLayerNorm(H, config.v_size // H, eps=config.norm_eps, bias=bias)
-        self.out_proj = nn.Linear(config.v_size, D, bias=bias)
+        self.out_proj = OutProjection(config.v_size, D, bias=bias)
 
     def forward(self, x, mask=None, cache_layer=None):
         cap = self.config.gate_soft_cap
@@ -333,13 +346,26 @@ class xLSTMPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Init by module type (children are visited before their parents, so a mixer's gate and output
-        projections below override the generic Linear init)."""
+        """Init by module type. transformers calls this once per module that holds parameters of its own, so
+        every rule below keys on the module that owns the parameters."""
         cfg = self.config
         D, N = cfg.hidden_size, cfg.num_blocks
         small_std = math.sqrt(2 / (5 * D))  # "small init" (Nguyen & Salazar)
         wang_std = 2 / (N * math.sqrt(D))  # output projections, scaled with depth (Wang)
-        if isinstance(module, (nn.Embedding, nn.Linear)):
+        if isinstance(module, GateProjection):
+            init.zeros_(module.weight)
+            if module.role == "forget":
+                # linspace over heads: a spread of memory time scales from the start
+                init.copy_(module.bias, torch.linspace(3.0, 6.0, module.out_features))
+            elif cfg.block_style == "large":
+                init.constant_(module.bias, cfg.igate_bias_init)
+            else:
+                init.normal_(module.bias, std=0.1)
+        elif isinstance(module, OutProjection):
+            init.normal_(module.weight, std=wang_std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Embedding, nn.Linear)):
             init.normal_(module.weight, std=small_std)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
@@ -354,23 +380,8 @@ class xLSTMPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, GatedFeedForward):
-            init.normal_(module.proj_down.weight, std=wang_std)
         elif isinstance(module, mLSTMPaperLayer):
-            H = cfg.num_heads
-            init.zeros_(module.igate.weight)
-            init.normal_(module.igate.bias, std=0.1)
-            init.zeros_(module.fgate.weight)
-            init.copy_(module.fgate.bias, torch.linspace(3.0, 6.0, H))
             init.ones_(module.skip)
-            init.normal_(module.down_proj.weight, std=wang_std)
-        elif isinstance(module, mLSTMLargeLayer):
-            H = cfg.num_heads
-            init.zeros_(module.igate.weight)
-            init.constant_(module.igate.bias, cfg.igate_bias_init)
-            init.zeros_(module.fgate.weight)
-            init.copy_(module.fgate.bias, torch.linspace(3.0, 6.0, H))
-            init.normal_(module.out_proj.weight, std=wang_std)
         elif isinstance(module, sLSTMPaperLayer):
             H, Dh = cfg.num_heads, D // cfg.num_heads
             init.zeros_(module.recurrent_kernel)

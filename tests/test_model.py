@@ -1,0 +1,139 @@
+"""Forward, loss, init, gradient checkpointing and input validation of xLSTMForCausalLM."""
+
+import pytest
+import torch
+
+from conftest import VOCAB, tiny_config, tiny_model
+from hf_xlstm import xLSTMCache, xLSTMForCausalLM, xLSTMModel
+from hf_xlstm.modeling_xlstm import mLSTMLargeLayer, mLSTMPaperLayer, sLSTMPaperLayer, slstm_forget_bias
+
+
+def test_forward_loss_and_outputs(style):
+    model = tiny_model(style)
+    ids = torch.randint(3, VOCAB, (2, 19))
+    out = model(ids, labels=ids, output_hidden_states=True)
+    assert out.logits.shape == (2, 19, VOCAB) and out.logits.dtype == torch.float32
+    manual = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, manual)
+    assert len(out.hidden_states) == model.config.num_blocks + 1
+    # inputs_embeds is the same computation
+    embeds = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, out.logits)
+    # return_dict=False gives the same tensors as a tuple
+    loss, logits = model(ids, labels=ids, return_dict=False, use_cache=False)[:2]
+    torch.testing.assert_close(logits, out.logits)
+    # logits_to_keep
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, out.logits[:, -3:])
+
+
+def test_logit_soft_cap_bounds_logits():
+    model = tiny_model("large", output_logit_soft_cap=2.0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)
+    logits = model(torch.randint(3, VOCAB, (1, 9))).logits
+    assert logits.abs().max() <= 2.0
+
+
+def test_tied_embeddings(tmp_path):
+    model = tiny_model("paper", tie_word_embeddings=True)
+    assert model.lm_head.weight is model.backbone.embeddings.weight
+    model.save_pretrained(tmp_path)
+    loaded = xLSTMForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.backbone.embeddings.weight
+    untied = tiny_model("paper", tie_word_embeddings=False)
+    assert untied.lm_head.weight is not untied.backbone.embeddings.weight
+
+
+def test_init_by_module_type():
+    torch.manual_seed(0)
+    paper = xLSTMForCausalLM(tiny_config("paper", num_blocks=3, slstm_at=[1], hidden_size=64, num_heads=4))
+    large = xLSTMForCausalLM(tiny_config("large", igate_bias_init=-10.0))
+    mixers = [m for m in paper.modules() if isinstance(m, (mLSTMPaperLayer, sLSTMPaperLayer))]
+    assert len(mixers) == 3
+    for m in mixers:
+        if isinstance(m, mLSTMPaperLayer):
+            torch.testing.assert_close(m.fgate.bias.data, torch.linspace(3.0, 6.0, 4))
+            assert m.fgate.weight.abs().max() == 0 and m.igate.weight.abs().max() == 0
+            assert 0 < m.igate.bias.std() < 0.5
+        else:
+            assert m.recurrent_kernel.abs().max() == 0
+            expected = slstm_forget_bias(1, 3, 16)
+            assert expected[0] == pytest.approx(5.0) and expected[-1] == pytest.approx(-7.0)
+            for head in range(4):
+                torch.testing.assert_close(m.bias.data[1, head], expected)
+            assert m.bias.data[[0, 2, 3]].abs().max() == 0
+    # the power law depends on depth: a deeper block keeps more long-memory cells
+    assert (slstm_forget_bias(2, 3, 16) >= slstm_forget_bias(0, 3, 16) - 1e-6).all()
+    for m in large.modules():
+        if isinstance(m, mLSTMLargeLayer):
+            assert (m.igate.bias.data == -10.0).all()
+            torch.testing.assert_close(m.fgate.bias.data, torch.linspace(3.0, 6.0, 2))
+    # output projections are scaled with depth (Wang init), the others use small init
+    mixer, ffn = paper.backbone.blocks[0].mixer, paper.backbone.blocks[1].ffn
+    wang, small = 2 / (3 * 64**0.5), (2 / (5 * 64)) ** 0.5
+    for weight, std in ((mixer.down_proj.weight, wang), (ffn.proj_down.weight, wang), (mixer.up_proj.weight, small)):
+        assert abs(weight.std().item() - std) < 0.1 * std
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(style):
+    ids = torch.randint(3, VOCAB, (2, 21))
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(style).train()
+        if checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+            assert model.backbone.blocks[0].gradient_checkpointing
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        assert out.past_key_values is None  # training never fills a cache by default
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_training_with_a_cache_still_backpropagates(style):
+    """The peer's bug: a cache written in place inside a training forward breaks backward."""
+    model = tiny_model(style).train()
+    ids = torch.randint(3, VOCAB, (2, 12))
+    first = model(ids[:, :7], use_cache=True)
+    out = model(ids[:, 7:], labels=ids[:, 7:], past_key_values=first.past_key_values, use_cache=True)
+    (out.loss + first.logits.mean()).backward()
+    for layer in out.past_key_values.layers:
+        assert all(not s.requires_grad for s in layer.get_state())
+
+
+def test_base_model_and_auto_classes():
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    config = tiny_config("paper")
+    assert isinstance(AutoModel.from_config(config), xLSTMModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), xLSTMForCausalLM)
+    assert type(AutoConfig.for_model("hf_xlstm")).__name__ == "xLSTMConfig"
+
+
+def test_bad_inputs_give_clear_errors(style):
+    model = tiny_model(style)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.tensor([[1, VOCAB]]))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(3, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(2, 1, 6, dtype=torch.long))
+    cache = model(ids, use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="batch size"):
+        model(torch.randint(3, VOCAB, (3, 1)), past_key_values=cache)
+    with pytest.raises(ValueError, match="xLSTMCache"):
+        from transformers import DynamicCache
+
+        model(ids, past_key_values=DynamicCache())
+    with pytest.raises(ValueError, match="exactly one"):
+        model()
+    # with a cache of 6 tokens, the mask may cover the new tokens or everything seen so far
+    assert model(ids[:, :1], past_key_values=cache, attention_mask=torch.ones(2, 7, dtype=torch.long)).logits.shape[1] == 1
+    assert isinstance(cache, xLSTMCache) and cache.get_seq_length() == 7

@@ -1,0 +1,383 @@
+"""mLSTM ops: every native form against a float64 step-by-step oracle written here from the math.
+
+Errors are relative: rel_err(a, b) = max|a - b| / max|b|, with b the float64 oracle.
+"""
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_xlstm.kernels import (
+    mlstm,
+    mlstm_chunkwise,
+    mlstm_parallel,
+    mlstm_recurrent,
+    mlstm_step,
+    mlstm_step_native,
+    resolve_backend,
+)
+
+B, H, K, V = 2, 2, 8, 16
+TOL = 1e-5  # fp32 against the float64 oracle, relative (see rel_err)
+NEG_INF, POS_INF = float("-inf"), float("inf")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|b|: the error of a relative to the largest entry of the reference b."""
+    a, b = a.double(), b.double()
+    scale = b.abs().max().clamp_min(1e-30)
+    return ((a - b).abs().max() / scale).item()
+
+
+# ----------------------------------------------------------------------------- float64 oracles
+
+
+def oracle_stabilized(q, k, v, i, f, state=None, eps=1e-6):
+    """The stabilized recurrence of the math notes, one step at a time, in float64."""
+    q, k, v, i, f = (t.double() for t in (q, k, v, i, f))
+    b, h, T, dk = q.shape
+    if state is None:
+        C = q.new_zeros(b, h, dk, v.shape[-1])
+        n = q.new_zeros(b, h, dk)
+        m = q.new_zeros(b, h)
+    else:
+        C, n, m = (s.double() for s in state)
+    outs = []
+    for t in range(T):
+        qt = q[:, :, t] / dk**0.5
+        lf = F.logsigmoid(f[:, :, t])
+        m_new = torch.maximum(lf + m, i[:, :, t])
+        fa = torch.exp(lf + m - m_new)
+        ia = torch.exp(i[:, :, t] - m_new)
+        kt, vt = k[:, :, t], v[:, :, t]
+        C = fa[..., None, None] * C + ia[..., None, None] * kt[..., :, None] * vt[..., None, :]
+        n = fa[..., None] * n + ia[..., None] * kt
+        m = m_new
+        num = (C * qt[..., :, None]).sum(-2)
+        den = torch.maximum((n * qt).sum(-1).abs(), torch.exp(-m)) + eps
+        outs.append(num / den[..., None])
+    return torch.stack(outs, 2), (C, n, m)
+
+
+def oracle_true(q, k, v, i, f):
+    """The unstabilized recurrence (h = C^T q / max(|n^T q|, 1)), float64, zero initial state."""
+    q, k, v, i, f = (t.double() for t in (q, k, v, i, f))
+    b, h, T, dk = q.shape
+    C = q.new_zeros(b, h, dk, v.shape[-1])
+    n = q.new_zeros(b, h, dk)
+    outs = []
+    for t in range(T):
+        qt = q[:, :, t] / dk**0.5
+        fg, ig = torch.sigmoid(f[:, :, t]), torch.exp(i[:, :, t])
+        C = fg[..., None, None] * C + ig[..., None, None] * k[:, :, t, :, None] * v[:, :, t, None, :]
+        n = fg[..., None] * n + ig[..., None] * k[:, :, t]
+        num = (C * qt[..., :, None]).sum(-2)
+        den = torch.clamp_min((n * qt).sum(-1).abs(), 1.0)
+        outs.append(num / den[..., None])
+    return torch.stack(outs, 2), (C, n)
+
+
+def true_form(state):
+    C, n, m = (s.double() for s in state)
+    return C * torch.exp(m)[..., None, None], n * torch.exp(m)[..., None]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def make_inputs(T, seed, gate_scale=1.0, with_state=False, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    # Keys share one direction u per head and each query is +-2u plus noise, so every q_t . k_s has
+    # the sign of q_t: the denominator |n^T q| never cancels to nearly zero (where h flips sign and
+    # no fp32 code could hold 1e-5) while both of its signs are still exercised.
+    u = F.normalize(torch.randn(B, H, 1, K, generator=g), dim=-1)
+    sign = torch.randint(0, 2, (B, H, T, 1), generator=g) * 2.0 - 1.0
+    q = 2 * sign * u + 0.5 * torch.randn(B, H, T, K, generator=g)
+    k = 2 * u + 0.5 * torch.randn(B, H, T, K, generator=g)
+    v = torch.randn(B, H, T, V, generator=g)
+    if gate_scale == "wide":  # pre-activations spread over [-30, 30]
+        i = torch.rand(B, H, T, generator=g) * 60 - 30
+        f = torch.rand(B, H, T, generator=g) * 60 - 30
+    else:
+        i = torch.randn(B, H, T, generator=g) * 2
+        f = torch.randn(B, H, T, generator=g) * 2 + 3
+    inputs = [t.to(dtype) for t in (q, k, v, i, f)]
+    state = None
+    if with_state:
+        state = (
+            torch.randn(B, H, K, V, generator=g),
+            torch.randn(B, H, K, generator=g),
+            torch.randn(B, H, generator=g),
+        )
+    return inputs, state
+
+
+FORMS = {
+    "parallel": mlstm_parallel,
+    "recurrent": mlstm_recurrent,
+    "chunkwise16": partial(mlstm_chunkwise, chunk_size=16),
+    "chunkwise64": partial(mlstm_chunkwise, chunk_size=64),
+    "ops16": partial(mlstm, chunk_size=16, backend="native"),
+    "ops_auto": partial(mlstm, backend="auto"),
+}
+
+
+def run_with_grads(fn, inputs, state, grads, double=False):
+    """Forward + backward with fixed upstream gradients on h and on the raw final state (C, n, m).
+
+    Returns h, the final state and the gradients of (q, k, v, i, f) and, if given, (C0, n0, m0).
+    """
+    cast = (lambda t: t.detach().double()) if double else (lambda t: t.detach().clone())
+    leaves = [cast(t).requires_grad_() for t in inputs]
+    state_leaves = None if state is None else [cast(s).requires_grad_() for s in state]
+    h, final = fn(*leaves, initial_state=None if state is None else tuple(state_leaves), return_final_state=True)
+    gh, gC, gn, gm = grads
+    loss = (h.double() * gh).sum() + (final[0].double() * gC).sum() + (final[1].double() * gn).sum()
+    loss = loss + (final[2].double() * gm).sum()
+    loss.backward()
+    all_leaves = leaves + (state_leaves or [])
+    return h, final, [t.grad for t in all_leaves]
+
+
+def oracle_fn(q, k, v, i, f, initial_state=None, return_final_state=True, eps=1e-6):
+    return oracle_stabilized(q, k, v, i, f, initial_state, eps)
+
+
+def upstream(T, seed):
+    g = torch.Generator().manual_seed(seed + 1000)
+    return (
+        torch.randn(B, H, T, V, generator=g, dtype=torch.float64),
+        torch.randn(B, H, K, V, generator=g, dtype=torch.float64),
+        torch.randn(B, H, K, generator=g, dtype=torch.float64),
+        torch.randn(B, H, generator=g, dtype=torch.float64),
+    )
+
+
+GRAD_NAMES = ["q", "k", "v", "i", "f", "C0", "n0", "m0"]
+
+
+def check_against_oracle(inputs, state, seed, tol, forms=FORMS):
+    T = inputs[0].shape[2]
+    grads = upstream(T, seed)
+    h_ref, s_ref, g_ref = run_with_grads(oracle_fn, inputs, state, grads, double=True)
+    true_ref = true_form(s_ref)
+    for name, fn in forms.items():
+        h, s, g = run_with_grads(fn, inputs, state, grads)
+        assert h.dtype == torch.float32 and all(x.dtype == torch.float32 for x in s), name
+        assert rel_err(h, h_ref) <= tol, (name, "h", rel_err(h, h_ref))
+        assert rel_err(s[2], s_ref[2]) <= tol, (name, "m", rel_err(s[2], s_ref[2]))
+        for label, a, b in zip(("C", "n"), true_form(s), true_ref):
+            assert rel_err(a, b) <= tol, (name, label, rel_err(a, b))
+        assert len(g) == len(g_ref)
+        for label, a, b in zip(GRAD_NAMES, g, g_ref):
+            assert torch.isfinite(a).all(), (name, "grad", label)
+            assert rel_err(a, b) <= tol, (name, "grad", label, rel_err(a, b))
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("T", [1, 17, 63, 200])
+def test_forms_match_float64_recurrence(T, with_state):
+    seed = 10 * T + with_state
+    inputs, state = make_inputs(T, seed, with_state=with_state)
+    check_against_oracle(inputs, state, seed, TOL)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("T", [17, 200])
+def test_wide_gate_preactivations(T, with_state):
+    """Gate pre-activations spread over [-30, 30]: finite, and still in agreement."""
+    seed = 7 * T + with_state
+    inputs, state = make_inputs(T, seed, gate_scale="wide", with_state=with_state)
+    check_against_oracle(inputs, state, seed, TOL)
+
+
+def test_extreme_gates_finite():
+    """All gates at the ends of [-30, 30] (every combination), with and without a state."""
+    T = 40
+    (q, k, v, _, _), state = make_inputs(T, 3, with_state=True)
+    pattern = torch.tensor([30.0, -30.0])
+    i = pattern.repeat(T // 2).expand(B, H, T).contiguous()
+    f = pattern.repeat_interleave(2).repeat(T // 4).expand(B, H, T).contiguous()
+    for st in (None, state):
+        h_ref, s_ref = oracle_stabilized(q, k, v, i, f, st)
+        for name, fn in FORMS.items():
+            h, s = fn(q, k, v, i, f, initial_state=st, return_final_state=True)
+            assert torch.isfinite(h).all() and all(torch.isfinite(x).all() for x in s), name
+            assert rel_err(h, h_ref) <= TOL, (name, rel_err(h, h_ref))
+            for a, b in zip(true_form(s), true_form(s_ref)):
+                assert rel_err(a, b) <= TOL, name
+
+
+def test_eps_zero_matches_unstabilized_recurrence():
+    """With eps = 0 the stabilizer cancels exactly: compare with the plain, unstabilized recurrence."""
+    T = 63
+    inputs, _ = make_inputs(T, 5)
+    h_ref, (C_ref, n_ref) = oracle_true(*inputs)
+    for name, fn in FORMS.items():
+        h, s = fn(*inputs, return_final_state=True, eps=0.0)
+        assert rel_err(h, h_ref) <= TOL, (name, rel_err(h, h_ref))
+        C, n = true_form(s)
+        assert rel_err(C, C_ref) <= TOL and rel_err(n, n_ref) <= TOL, name
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 300])
+def test_odd_chunk_sizes(chunk_size):
+    T = 23
+    inputs, state = make_inputs(T, 11, with_state=True)
+    forms = {f"chunk{chunk_size}": partial(mlstm_chunkwise, chunk_size=chunk_size)}
+    check_against_oracle(inputs, state, 11, TOL, forms)
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def masked_gates(i, f, masked):
+    i = i.clone()
+    f = f.clone()
+    i[..., masked] = NEG_INF
+    f[..., masked] = POS_INF
+    return i, f
+
+
+def test_masked_step_leaves_state_exactly():
+    (q, k, v, i, f), state = make_inputs(1, 21, with_state=True)
+    q, k, v, i, f = q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0]
+    i_m = torch.full_like(i, NEG_INF)
+    f_m = torch.full_like(f, POS_INF)
+    for fn in (mlstm_step, mlstm_step_native):
+        h, s = fn(q, k, v, i_m, f_m, state)
+        assert torch.isfinite(h).all()
+        for a, b in zip(s, state):
+            assert torch.equal(a, b)
+        h0, s0 = fn(q, k, v, i_m, f_m, None)  # zero state, first step
+        assert torch.equal(h0, torch.zeros_like(h0))
+        for a in s0:
+            assert torch.equal(a, torch.zeros_like(a))
+
+
+def test_fully_masked_sequence_keeps_zero_state():
+    T = 20
+    (q, k, v, i, f), _ = make_inputs(T, 22)
+    i, f = masked_gates(i, f, slice(None))
+    for name, fn in FORMS.items():
+        h, s = fn(q, k, v, i, f, return_final_state=True)
+        assert torch.equal(h, torch.zeros_like(h)), name
+        for a in s:
+            assert torch.equal(a, torch.zeros_like(a)), name
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_masked_steps_are_skipped(with_state):
+    """Masked steps (incl. the first ones, no state) change nothing: the real steps alone give the
+    same outputs and final state; gradients stay finite and match the oracle."""
+    T = 40
+    (q, k, v, i, f), state = make_inputs(T, 23, with_state=with_state)
+    masked = torch.zeros(T, dtype=torch.bool)
+    masked[:3] = True  # left padding, from the very first step
+    masked[17:21] = True  # a hole across a chunk boundary (chunk 16)
+    masked[-5:] = True  # right padding
+    i_m, f_m = masked_gates(i, f, masked)
+    real = ~masked
+    sub = [q[:, :, real], k[:, :, real], v[:, :, real], i[:, :, real], f[:, :, real]]
+    check_against_oracle([q, k, v, i_m, f_m], state, 23, TOL)
+    for name, fn in FORMS.items():
+        h, s = fn(q, k, v, i_m, f_m, initial_state=state, return_final_state=True)
+        h_sub, s_sub = fn(*sub, initial_state=state, return_final_state=True)
+        assert torch.isfinite(h).all(), name
+        assert rel_err(h[:, :, real], h_sub) <= TOL, name
+        assert rel_err(s[2], s_sub[2]) <= TOL, name
+        for a, b in zip(true_form(s), true_form(s_sub)):
+            assert rel_err(a, b) <= TOL, name
+
+
+# ----------------------------------------------------------------------------- step, dtypes
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_step_matches_length_one_sequence(with_state):
+    (q, k, v, i, f), state = make_inputs(1, 31, with_state=with_state)
+    h_seq, s_seq = mlstm(q, k, v, i, f, initial_state=state, return_final_state=True)
+    h, s = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state)
+    assert h.shape == (B, H, V)
+    assert rel_err(h, h_seq[:, :, 0]) <= TOL
+    for a, b in zip(s, s_seq):
+        assert a.dtype == torch.float32 and rel_err(a, b) <= TOL
+
+
+def test_steps_chain_like_sequence():
+    T = 9
+    (q, k, v, i, f), state = make_inputs(T, 32, with_state=True)
+    h_seq, s_seq = mlstm(q, k, v, i, f, initial_state=state, return_final_state=True, chunk_size=4)
+    s = state
+    for t in range(T):
+        h, s = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], s)
+        assert rel_err(h, h_seq[:, :, t]) <= TOL
+    for a, b in zip(s, s_seq):
+        assert rel_err(a, b) <= TOL
+
+
+def test_bf16_in_bf16_out_fp32_state():
+    T = 33
+    inputs, state = make_inputs(T, 41, with_state=True, dtype=torch.bfloat16)
+    upcast = [t.float() for t in inputs]
+    for name, fn in FORMS.items():
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        h, s = fn(*leaves, initial_state=state, return_final_state=True)
+        assert h.dtype == torch.bfloat16, name
+        assert all(x.dtype == torch.float32 for x in s), name
+        h32 = fn(*upcast, initial_state=state)
+        assert rel_err(h, h32) <= 1e-2, name  # only the final cast to bf16 differs
+        h.float().sum().backward()
+        assert all(t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all() for t in leaves), name
+    q, k, v, i, f = (t[:, :, 0] for t in inputs)
+    h, s = mlstm_step(q, k, v, i, f, state)
+    assert h.dtype == torch.bfloat16 and all(x.dtype == torch.float32 for x in s)
+
+
+# ----------------------------------------------------------------------------- errors, backend
+
+
+def test_bad_shapes_raise():
+    (q, k, v, i, f), state = make_inputs(5, 51, with_state=True)
+    with pytest.raises(ValueError, match="q must be 4-D"):
+        mlstm(q[0], k, v, i, f)
+    with pytest.raises(ValueError, match="k must have shape"):
+        mlstm(q, k[..., :-1], v, i, f)
+    with pytest.raises(ValueError, match="v must have shape"):
+        mlstm(q, k, v[:, :, :-1], i, f)
+    with pytest.raises(ValueError, match="i must have shape"):
+        mlstm(q, k, v, i[..., :-1], f)
+    with pytest.raises(ValueError, match="f must have shape"):
+        mlstm(q, k, v, i, f[None])
+    with pytest.raises(ValueError, match="initial_state"):
+        mlstm(q, k, v, i, f, initial_state=(state[0][..., :-1], state[1], state[2]))
+    with pytest.raises(ValueError, match="initial_state"):
+        mlstm(q, k, v, i, f, initial_state=state[:2])
+    for bad in (0, -3, 2.0):
+        with pytest.raises(ValueError, match="chunk_size"):
+            mlstm(q, k, v, i, f, chunk_size=bad)
+    with pytest.raises(ValueError, match="T >= 1"):
+        mlstm(q[:, :, :0], k[:, :, :0], v[:, :, :0], i[..., :0], f[..., :0])
+    with pytest.raises(ValueError, match="q must be 3-D"):
+        mlstm_step(q, k, v, i, f, state)
+    with pytest.raises(ValueError, match="state"):
+        mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], (state[0], state[1], state[2][0]))
+    with pytest.raises(TypeError, match="floating-point"):
+        mlstm(q.long(), k, v, i, f)
+
+
+def test_backend_choice(monkeypatch):
+    (q, k, v, i, f), _ = make_inputs(3, 61)
+    assert resolve_backend("native", q) == "native"
+    assert resolve_backend("auto", q) == "native"  # CPU tensors never pick triton
+    for fn, args in ((mlstm, (q, k, v, i, f)), (mlstm_step, (q[:, :, 0], k[:, :, 0], v[:, :, 0], i[..., 0], f[..., 0]))):
+        with pytest.raises(ValueError, match="unknown backend"):
+            fn(*args, backend="cuda")
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+            fn(*args, backend="triton")
