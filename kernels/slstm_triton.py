@@ -522,6 +522,8 @@ def slstm_triton_unsupported_reason(x: torch.Tensor, R: torch.Tensor) -> str | N
     for name, t in (("x", x), ("R", R)):
         if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return f"{name} has dtype {t.dtype}; the Triton sLSTM takes float32, float16 or bfloat16"
+    if D > MAX_HEAD_DIM:
+        return f"head dim {D} > {MAX_HEAD_DIM}: R of one head does not fit the on-chip tiles"
     if x.device != R.device:
         return f"x is on {x.device} but R is on {R.device}"
     if x.device.type == "cpu":
@@ -529,8 +531,6 @@ def slstm_triton_unsupported_reason(x: torch.Tensor, R: torch.Tensor) -> str | N
             return "CPU tensors need TRITON_INTERPRET=1 set before hf_xlstm.kernels is imported"
     elif x.device.type != "cuda":
         return f"the Triton sLSTM runs on CUDA tensors, got {x.device}"
-    if D > MAX_HEAD_DIM:
-        return f"head dim {D} > {MAX_HEAD_DIM}: R of one head does not fit the on-chip tiles"
     return None
 
 

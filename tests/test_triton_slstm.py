@@ -25,7 +25,7 @@ import sys
 import pytest
 import torch
 
-TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
+TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}  # 16-bit: rounding of x, R, h, dx, dR
 
 # (name, B, T, H, D, dtype, initial_state, mask, overrides, expected mode)
 # "whole": one program per head (h stays in registers); "per_step": a split head, one launch
