@@ -108,7 +108,7 @@ def make_inputs(T, seed, gate_scale=1.0, with_state=False, dtype=torch.float32):
     if with_state:
         state = (
             torch.randn(B, H, K, V, generator=g),
-            torch.randn(B, H, K, generator=g),
+            2 * u[:, :, 0] + 0.5 * torch.randn(B, H, K, generator=g),  # n0 aligned like the keys
             torch.randn(B, H, generator=g),
         )
     return inputs, state

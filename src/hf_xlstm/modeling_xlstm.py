@@ -78,7 +78,9 @@ class MultiHeadLayerNorm(nn.Module):
 class CausalConv1d(nn.Module):
     """Depthwise causal conv over time. With a cache it continues from the last `kernel_size - 1` inputs.
 
-    forward(x (B,T,C), window (B,k-1,C) or None) -> (y (B,T,C), new window (B,k-1,C)).
+    forward(x (B,T,C), window (B,k-1,C) or None, mask (B,T) bool or None) -> (y (B,T,C), new window).
+    Padded inputs are zeroed (what a fresh sequence sees before its first token) and are not kept in the
+    window, so padding leaves the window exactly as it was.
     """
 
     def __init__(self, channels: int, kernel_size: int):
@@ -87,14 +89,23 @@ class CausalConv1d(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor, window: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x, window=None, mask=None):
         B, T, C = x.shape
         k = self.kernel_size
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
         if window is None:
             window = x.new_zeros(B, k - 1, C)
         xx = torch.cat([window.to(x.dtype), x], dim=1)  # (B, k-1+T, C)
         y = F.conv1d(xx.transpose(1, 2), self.weight, self.bias, groups=C).transpose(1, 2)
-        return y, xx[:, xx.shape[1] - (k - 1):]
+        if mask is None:
+            return y, xx[:, xx.shape[1] - (k - 1):]
+        # keep the last k-1 real inputs: rank positions by (is real) * (position + 1); the old window's
+        # k-1 entries count as real, so there are always enough
+        real = torch.cat([mask.new_ones(B, k - 1), mask], dim=1)
+        key = real * torch.arange(1, k + T, device=x.device)
+        keep = key.topk(k - 1, dim=1).values.flip(1) - 1  # ascending positions
+        return y, xx.gather(1, keep[..., None].expand(B, k - 1, C))
 
 
 class HeadwiseLinear(nn.Module):
@@ -191,8 +202,7 @@ class mLSTMPaperLayer(nn.Module):
 
     def forward(self, x, mask=None, cache_layer=None):
         x_m, z = self.up_proj(x).chunk(2, dim=-1)  # (B,T,Di) each
-        conv_in = x_m if mask is None else x_m * mask[..., None].to(x_m.dtype)
-        x_c, window = self.conv(conv_in, cache_layer.get_conv_window() if cache_layer is not None else None)
+        x_c, window = self.conv(x_m, cache_layer.get_conv_window() if cache_layer is not None else None, mask)
         x_c = F.silu(x_c)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
         gate_in = torch.cat([q, k, v], dim=-1)
@@ -251,8 +261,7 @@ class sLSTMPaperLayer(nn.Module):
     def forward(self, x, mask=None, cache_layer=None):
         B, T, D = x.shape
         H = self.config.num_heads
-        conv_in = x if mask is None else x * mask[..., None].to(x.dtype)
-        x_c, window = self.conv(conv_in, cache_layer.get_conv_window() if cache_layer is not None else None)
+        x_c, window = self.conv(x, cache_layer.get_conv_window() if cache_layer is not None else None, mask)
         x_c = F.silu(x_c)
         gates = torch.stack([self.igate(x_c), self.fgate(x_c), self.zgate(x), self.ogate(x)], dim=2)
         gates = gates.reshape(B, T, 4, H, D // H) + self.bias.to(gates.dtype)
