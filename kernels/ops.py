@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import warnings
 
 import torch
 
@@ -24,9 +25,8 @@ __all__ = ["mlstm", "mlstm_step", "slstm", "resolve_backend", "BACKENDS"]
 
 BACKENDS = ("auto", "native", "triton")
 
-# Seam for the Triton kernels: set to True once the `_*_triton` functions below call real
-# kernels. While False, "auto" always resolves to "native" and "triton" raises NotImplementedError.
-_TRITON_OPS_READY = False
+# The `_*_triton` functions below call the Triton kernels; "auto" picks them on CUDA.
+_TRITON_OPS_READY = True
 
 
 def _triton_importable() -> bool:
@@ -58,20 +58,52 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
-def _not_built(op: str):
-    raise NotImplementedError(f"the triton backend of {op} is not built yet; use backend='native'")
+_FALLBACK_WARNED: set[tuple[str, str]] = set()
+
+
+def _fallback(op: str, reason: str) -> None:
+    """A shape/dtype the kernels do not take runs the native op instead: never a wrong answer,
+    and one warning per (op, reason) so a training loop is not flooded."""
+    if (op, reason) not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add((op, reason))
+        warnings.warn(f"{op}: the triton kernels do not support {reason}; using the native op", stacklevel=4)
 
 
 def _mlstm_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps):
-    _not_built("mlstm")
+    mod = _triton_module("mlstm_triton")
+    reason = mod.unsupported_reason(q, v, chunk_size)
+    if reason is None:
+        return mod.mlstm_chunkwise_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+    _fallback("mlstm", reason)
+    return mlstm_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
 
 
 def _mlstm_step_triton(q, k, v, i, f, state, eps):
-    _not_built("mlstm_step")
+    mod = _triton_module("mlstm_triton")
+    reason = mod.unsupported_reason(q, v, None)
+    tensors = (q, k, v, i, f) + (tuple(state) if state is not None else ())
+    if reason is None and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        reason = "autograd (the fused decode step is forward-only)"
+    if reason is None:
+        return mod.mlstm_step_triton(q, k, v, i, f, state, eps)
+    _fallback("mlstm_step", reason)
+    return mlstm_step_native(q, k, v, i, f, state, eps)
 
 
 def _slstm_triton(x, R, initial_state, return_final_state, mask):
-    _not_built("slstm")
+    try:
+        mod = _triton_module("slstm_triton")
+        run = mod.slstm_triton
+    except (ImportError, AttributeError) as err:
+        raise NotImplementedError(
+            f"the triton backend of slstm needs slstm_triton() in {__package__}.slstm_triton ({err})"
+        ) from err
+    why = getattr(mod, "slstm_triton_unsupported_reason", None)
+    reason = why(x, R) if why is not None else None
+    if reason is None:
+        return run(x, R, initial_state, return_final_state, mask)
+    _fallback("slstm", reason)
+    return slstm_native(x, R, initial_state=initial_state, return_final_state=return_final_state, mask=mask)
 
 
 # ----------------------------------------------------------------------------- validation
