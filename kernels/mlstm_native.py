@@ -78,7 +78,10 @@ def mlstm_step_native(
 
     log_f = F.logsigmoid(f)
     m_new = torch.maximum(log_f + m, i)
-    f_act = torch.exp(log_f + m - m_new)
+    # log_f - (m_new - m) rather than log_f + m - m_new: when the forget branch wins, m_new - m is
+    # exact and the exponent is minus the rounding error of m_new, which f_act then compensates.
+    # Otherwise that rounding error (~ulp(m) per step) would drift the true state C * exp(m).
+    f_act = torch.exp(log_f - (m_new - m))
     i_act = torch.exp(i - m_new)
 
     C_new = f_act[..., None, None] * C + i_act[..., None, None] * (k[..., :, None] * v[..., None, :])
@@ -216,7 +219,7 @@ def mlstm_chunkwise(
         n_in.append(n)
         m_in.append(m)
         m_new = torch.maximum(g[:, :, c] + m, a[:, :, c].amax(dim=-1))
-        decay = torch.exp(g[:, :, c] + m - m_new)
+        decay = torch.exp(g[:, :, c] - (m_new - m))  # see mlstm_step_native for the order
         w = torch.exp(a[:, :, c] - m_new[..., None])  # (B, H, L)
         k_c = k[:, :, c]
         C = decay[..., None, None] * C + torch.einsum("bhlk,bhlv->bhkv", k_c * w[..., None], v[:, :, c])

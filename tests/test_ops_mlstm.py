@@ -94,8 +94,8 @@ def make_inputs(T, seed, gate_scale=1.0, with_state=False, dtype=torch.float32):
     # no fp32 code could hold 1e-5) while both of its signs are still exercised.
     u = F.normalize(torch.randn(B, H, 1, K, generator=g), dim=-1)
     sign = torch.randint(0, 2, (B, H, T, 1), generator=g) * 2.0 - 1.0
-    q = 2 * sign * u + 0.5 * torch.randn(B, H, T, K, generator=g)
-    k = 2 * u + 0.5 * torch.randn(B, H, T, K, generator=g)
+    q = 2 * sign * u + 0.3 * torch.randn(B, H, T, K, generator=g)
+    k = 2 * u + 0.3 * torch.randn(B, H, T, K, generator=g)
     v = torch.randn(B, H, T, V, generator=g)
     if gate_scale == "wide":  # pre-activations spread over [-30, 30]
         i = torch.rand(B, H, T, generator=g) * 60 - 30
@@ -108,7 +108,7 @@ def make_inputs(T, seed, gate_scale=1.0, with_state=False, dtype=torch.float32):
     if with_state:
         state = (
             torch.randn(B, H, K, V, generator=g),
-            2 * u[:, :, 0] + 0.5 * torch.randn(B, H, K, generator=g),  # n0 aligned like the keys
+            2 * u[:, :, 0] + 0.3 * torch.randn(B, H, K, generator=g),  # n0 aligned like the keys
             torch.randn(B, H, generator=g),
         )
     return inputs, state
@@ -185,6 +185,17 @@ def test_forms_match_float64_recurrence(T, with_state):
     seed = 10 * T + with_state
     inputs, state = make_inputs(T, seed, with_state=with_state)
     check_against_oracle(inputs, state, seed, TOL)
+
+
+def test_unaligned_random_keys():
+    """Plain randn queries and keys: n^T q may nearly cancel, where h is ill-conditioned (it flips
+    sign) and fp32 rounding is amplified, so this one is checked at 1e-4."""
+    T = 63
+    g = torch.Generator().manual_seed(71)
+    inputs = [torch.randn(B, H, T, d, generator=g) for d in (K, K, V)]
+    inputs += [torch.randn(B, H, T, generator=g) * 2, torch.randn(B, H, T, generator=g) * 2 + 3]
+    state = (torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, generator=g), torch.randn(B, H, generator=g))
+    check_against_oracle(inputs, state, 71, 1e-4)
 
 
 @pytest.mark.parametrize("with_state", [False, True])
