@@ -90,12 +90,13 @@ def _dot(a, b, DOT_F32: tl.constexpr, DT: tl.constexpr):
 @triton.jit
 def _fwd_states_kernel(
     K_ptr, V_ptr, B_ptr, I_ptr, C0_ptr, N0_ptr, M0_ptr,
-    Cs_ptr, Ns_ptr, Ms_ptr, MSRC_ptr,
+    Cs_ptr, CN_ptr, Ns_ptr, Ms_ptr, MSRC_ptr,
     T, NC, DK, DV,
     HAS_INIT: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
-    """Chunk-start states C_c, n_c, m_c for c = 0..NC (NC = the final state)."""
+    """Chunk-start states C_c (c < NC, stored in Cs's dtype), n_c, m_c (c <= NC, fp32) and the
+    final state C_NC (fp32, in CN)."""
     bh = tl.program_id(0)
     kt = tl.program_id(1)
     vt = tl.program_id(2)
@@ -119,7 +120,8 @@ def _fwd_states_kernel(
 
     for c in range(NC):
         st = (bh * (NC + 1) + c).to(tl.int64)
-        tl.store(Cs_ptr + st * DK * DV + offs_k[:, None] * DV + offs_v[None, :], C, mask=mkv)
+        sc = (bh * NC + c).to(tl.int64)
+        tl.store(Cs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :], C.to(Cs_ptr.dtype.element_ty), mask=mkv)
         if vt == 0:
             tl.store(Ns_ptr + st * DK + offs_k, n, mask=mk)
         if lead:
@@ -149,7 +151,7 @@ def _fwd_states_kernel(
         m = m_new
 
     st = (bh * (NC + 1) + NC).to(tl.int64)
-    tl.store(Cs_ptr + st * DK * DV + offs_k[:, None] * DV + offs_v[None, :], C, mask=mkv)
+    tl.store(CN_ptr + bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :], C, mask=mkv)
     if vt == 0:
         tl.store(Ns_ptr + st * DK + offs_k, n, mask=mk)
     if lead:
@@ -176,6 +178,7 @@ def _fwd_out_kernel(
     mt = t < T
     row = (bh * T + t).to(tl.int64)
     st = (bh * (NC + 1) + c).to(tl.int64)
+    sc = (bh * NC + c).to(tl.int64)
 
     S = tl.zeros((L, L), dtype=tl.float32)
     qC = tl.zeros((L, BV), dtype=tl.float32)
@@ -185,7 +188,7 @@ def _fwd_out_kernel(
         mk = offs_k < DK
         q = tl.load(Q_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         k = tl.load(K_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        Cc = tl.load(Cs_ptr + st * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
+        Cc = tl.load(Cs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
                      mask=mk[:, None] & mv[None, :], other=0.0)
         nc = tl.load(Ns_ptr + st * DK + offs_k, mask=mk, other=0.0)
         S += _dot(q, tl.trans(k), DOT_F32, DT)
@@ -230,13 +233,14 @@ def _fwd_out_kernel(
 @triton.jit
 def _bwd_states_kernel(
     Q_ptr, DH_ptr, B_ptr, Ms_ptr, MO_ptr, D_ptr, DDEN_ptr, DCN_ptr, DNN_ptr,
-    dCs_ptr, dNs_ptr,
+    dCs_ptr, dC0_ptr, dNs_ptr,
     T, NC, DK, DV, scale,
     HAS_DFINAL: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """Gradients of the chunk-start states, dC_c and dn_c for c = NC..0, backwards over chunks:
-    dC_c = exp(g + m_c - m_{c+1}) dC_{c+1} + sum_t exp(b_t + m_c - mo_t) q_t dnum_t^T."""
+    dC_c = exp(g + m_c - m_{c+1}) dC_{c+1} + sum_t exp(b_t + m_c - mo_t) q_t dnum_t^T.
+    dC_c for c >= 1 goes to dCs[c - 1] (in dCs's dtype), dC_0 to dC0 (fp32); dn_c to dNs[c]."""
     bh = tl.program_id(0)
     kt = tl.program_id(1)
     vt = tl.program_id(2)
@@ -255,7 +259,6 @@ def _bwd_states_kernel(
         dC = tl.zeros((BK, BV), dtype=tl.float32)
         dn = tl.zeros((BK,), dtype=tl.float32)
     st = (bh * (NC + 1) + NC).to(tl.int64)
-    tl.store(dCs_ptr + st * DK * DV + offs_k[:, None] * DV + offs_v[None, :], dC, mask=mkv)
     if vt == 0:
         tl.store(dNs_ptr + st * DK + offs_k, dn, mask=mk)
 
@@ -278,11 +281,14 @@ def _bwd_states_kernel(
         dnum = dh.to(tl.float32) / Dn[:, None]
         qg = q.to(tl.float32) * gam[:, None]
         alpha = tl.exp(g - (m_next - m_c))
+        # dC is dC_{c+1} here: the dk/dv kernels of chunk c read it from dCs[c].
+        sc = (bh * NC + c).to(tl.int64)
+        tl.store(dCs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :], dC.to(dCs_ptr.dtype.element_ty), mask=mkv)
         dC = alpha * dC + _dot(tl.trans(qg), dnum, DOT_F32, DT)
         dn = alpha * dn + tl.sum(qg * dden[:, None], 0)
-        tl.store(dCs_ptr + st * DK * DV + offs_k[:, None] * DV + offs_v[None, :], dC, mask=mkv)
         if vt == 0:
             tl.store(dNs_ptr + st * DK + offs_k, dn, mask=mk)
+    tl.store(dC0_ptr + bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :], dC, mask=mkv)
 
 
 @triton.jit
@@ -304,6 +310,7 @@ def _bwd_dqdk_kernel(
     mt = t < T
     row = (bh * T + t).to(tl.int64)
     st = (bh * (NC + 1) + c).to(tl.int64)
+    sc = (bh * NC + c).to(tl.int64)
 
     S = tl.zeros((L, L), dtype=tl.float32)
     for k0 in range(0, DK, BK):
@@ -342,14 +349,14 @@ def _bwd_dqdk_kernel(
         dh = tl.load(DH_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
         v = tl.load(V_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
         dnum = dh.to(tl.float32) / Dn[:, None]
-        Cc = tl.load(Cs_ptr + st * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
+        Cc = tl.load(Cs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
                      mask=mk[:, None] & mv[None, :], other=0.0)
-        dCn = tl.load(dCs_ptr + (st + 1) * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
+        dCn = tl.load(dCs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
                       mask=mk[:, None] & mv[None, :], other=0.0)
         dW += _dot(dnum, tl.trans(v), DOT_F32, DT)
         dq_i += _dot(dnum, tl.trans(Cc), DOT_F32, DT)
         dk_i += _dot(v, tl.trans(dCn), DOT_F32, DT)
-        cc += tl.sum(Cc * dCn, 1)
+        cc += tl.sum(Cc.to(tl.float32) * dCn.to(tl.float32), 1)
 
     nc = tl.load(Ns_ptr + st * DK + offs_k, mask=mk, other=0.0)
     dnn = tl.load(dNs_ptr + (st + 1) * DK + offs_k, mask=mk, other=0.0)
@@ -396,6 +403,7 @@ def _bwd_dv_kernel(
     mt = t < T
     row = (bh * T + t).to(tl.int64)
     st = (bh * (NC + 1) + c).to(tl.int64)
+    sc = (bh * NC + c).to(tl.int64)
 
     S = tl.zeros((L, L), dtype=tl.float32)
     kdC = tl.zeros((L, BV), dtype=tl.float32)
@@ -404,7 +412,7 @@ def _bwd_dv_kernel(
         mk = offs_k < DK
         q = tl.load(Q_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         k = tl.load(K_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        dCn = tl.load(dCs_ptr + (st + 1) * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
+        dCn = tl.load(dCs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
                       mask=mk[:, None] & mv[None, :], other=0.0)
         S += _dot(q, tl.trans(k), DOT_F32, DT)
         kdC += _dot(k, dCn, DOT_F32, DT)
@@ -489,14 +497,23 @@ def _dot_config(dtype: torch.dtype):
     return dot_f32, dt
 
 
+# Launch parameters; the benchmark script overrides them to compare variants on a GPU.
+TUNING = {"max_tile": 64, "max_bv": 64, "num_warps_small": 4, "num_warps_large": 8, "num_stages": 3}
+
+
 def _tiles(DK: int, DV: int, L: int):
     # One program holds a (BK x BV) fp32 state tile plus (L x L) and (L x B*) operands; 64 keeps
     # that within registers at L = 128 as well.
-    return _pow2_tile(DK, 64), _pow2_tile(DV, 64)
+    return _pow2_tile(DK, TUNING["max_tile"]), _pow2_tile(DV, min(TUNING["max_tile"], TUNING["max_bv"]))
 
 
 def _num_warps(L: int) -> int:
-    return 4 if L <= 32 else 8
+    return TUNING["num_warps_small"] if L <= 32 else TUNING["num_warps_large"]
+
+
+def _state_store_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Chunk-start states (and their gradients) kept for the other kernels: input dtype.
+    return dtype
 
 
 def _gate_prep(i: torch.Tensor, f: torch.Tensor, L: int, NC: int):
@@ -526,7 +543,10 @@ def _forward(q, k, v, b, ig, C0, n0, m0, L, NC, eps):
     dot_f32, dt = _dot_config(q.dtype)
     nw = _num_warps(L)
 
-    Cs = _alloc((BH, NC + 1, DK, DV), dev)
+    # The chunk-start states are only ever dot operands, which run in the input dtype: storing
+    # them in it halves the largest memory stream. The final state stays fp32.
+    Cs = _alloc((BH, NC, DK, DV), dev, _state_store_dtype(q.dtype))
+    CN = _alloc((BH, DK, DV), dev)
     Ns = _alloc((BH, NC + 1, DK), dev)
     Ms = _alloc((BH, NC + 1), dev)
     msrc = _alloc((BH, NC), dev, torch.int32)
@@ -535,9 +555,9 @@ def _forward(q, k, v, b, ig, C0, n0, m0, L, NC, eps):
     _fwd_states_kernel[(BH, nK, nV)](
         k, v, b, ig,
         C0 if has_init else dummy, n0 if has_init else dummy, m0 if has_init else dummy,
-        Cs, Ns, Ms, msrc,
+        Cs, CN, Ns, Ms, msrc,
         T, NC, DK, DV,
-        HAS_INIT=has_init, L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw,
+        HAS_INIT=has_init, L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
     )
     h = _alloc((B, H, T, DV), dev, q.dtype)
     mo = _alloc((BH, T), dev)
@@ -548,9 +568,9 @@ def _forward(q, k, v, b, ig, C0, n0, m0, L, NC, eps):
         q, k, v, b, ig, Cs, Ns, Ms,
         h, mo, Dn, dsel, osrc,
         T, NC, DK, DV, DK ** -0.5, eps,
-        L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw,
+        L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
     )
-    return h, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc
+    return h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc
 
 
 def _chain_rev(E: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
@@ -583,10 +603,10 @@ class _MLSTMChunkwise(torch.autograd.Function):
             C0 = C0.float().contiguous()
             n0 = n0.float().contiguous()
             m0 = m0.float().contiguous()
-        h, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc = _forward(q, k, v, b, ig, C0, n0, m0, L, NC, eps)
+        h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc = _forward(q, k, v, b, ig, C0, n0, m0, L, NC, eps)
         ctx.save_for_backward(q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h)
         ctx.meta = (L, NC, eps, has_init, i.dtype, f.dtype)
-        C_N = Cs[:, NC].reshape(B, H, DK, DV).clone()
+        C_N = CN.view(B, H, DK, DV)
         n_N = Ns[:, NC].reshape(B, H, DK).clone()
         m_N = Ms[:, NC].reshape(B, H).clone()
         return h, C_N, n_N, m_N
@@ -620,13 +640,14 @@ class _MLSTMChunkwise(torch.autograd.Function):
         has_dfinal = dC_N is not None or dn_N is not None
         dCN = (dC_N if dC_N is not None else torch.zeros(B, H, DK, DV, device=dev)).float().contiguous()
         dNN = (dn_N if dn_N is not None else torch.zeros(B, H, DK, device=dev)).float().contiguous()
-        dCs = _alloc((BH, NC + 1, DK, DV), dev)
+        dCs = _alloc((BH, NC, DK, DV), dev, _state_store_dtype(q.dtype))
+        dC0 = _alloc((BH, DK, DV), dev)
         dNs = _alloc((BH, NC + 1, DK), dev)
         _bwd_states_kernel[(BH, nK, nV)](
             q, dh, b, Ms, mo, Dn, dden, dCN, dNN,
-            dCs, dNs,
+            dCs, dC0, dNs,
             T, NC, DK, DV, scale,
-            HAS_DFINAL=has_dfinal, L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw,
+            HAS_DFINAL=has_dfinal, L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
         )
 
         dq = _alloc(q.shape, dev, q.dtype)
@@ -642,13 +663,13 @@ class _MLSTMChunkwise(torch.autograd.Function):
             mo, Dn, dden,
             dq, dk, rrow, rcol, lgam, lbeta, ccs,
             T, NC, DK, DV, scale, BH,
-            L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw,
+            L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
         )
         _bwd_dv_kernel[(BH, NC, nV)](
             q, k, dh, b, ig, Ms, dCs, mo, Dn,
             dv,
             T, NC, DK, DV, scale,
-            L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw,
+            L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
         )
 
         di, df, dm0 = _gate_grads(
@@ -656,7 +677,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
             dm_N, L, NC, T,
         )
         if has_init:
-            dC0 = dCs[:, 0].reshape(B, H, DK, DV)
+            dC0 = dC0.view(B, H, DK, DV)
             dn0 = dNs[:, 0].reshape(B, H, DK)
             dm0 = dm0.reshape(B, H)
         else:
