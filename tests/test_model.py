@@ -137,3 +137,46 @@ def test_bad_inputs_give_clear_errors(style):
     # with a cache of 6 tokens, the mask may cover the new tokens or everything seen so far
     assert model(ids[:, :1], past_key_values=cache, attention_mask=torch.ones(2, 7, dtype=torch.long)).logits.shape[1] == 1
     assert isinstance(cache, xLSTMCache) and cache.get_seq_length() == 7
+
+
+@pytest.mark.parametrize(
+    "style, overrides",
+    [
+        ("large", dict(use_bias=True, gate_soft_cap=None, output_logit_soft_cap=None, tie_word_embeddings=True)),
+        ("large", dict(qk_dim_factor=1.0, v_dim_factor=0.5, ffn_proj_factor=1.5, ffn_round_up_to=16, norm_eps=1e-5)),
+        ("paper", dict(slstm_at=[0, 1], conv_kernel_size=2, qkv_proj_blocksize=8, output_logit_soft_cap=10.0)),
+        ("paper", dict(slstm_at=[], num_blocks=3, mlstm_proj_factor=1.5, mlstm_round_up_to=16, conv_kernel_size=1)),
+        ("paper", dict(num_heads=4, chunk_size=4, mlstm_eps=1e-4, slstm_ffn_proj_factor=2.0, slstm_ffn_round_up_to=8)),
+    ],
+)
+def test_config_variants_run_forward_backward_and_cache(style, overrides):
+    model = tiny_model(style, **overrides)
+    ids = torch.randint(3, VOCAB, (2, 11))
+    model.train()
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        full = model(ids).logits
+        first = model(ids[:, :6], use_cache=True)
+        rest = [model(ids[:, t: t + 1], past_key_values=first.past_key_values).logits for t in range(6, 11)]
+    torch.testing.assert_close(torch.cat([first.logits] + rest, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_fields_change_the_model():
+    """A field nothing reads is a bug: each of these must change the parameter shapes or the output."""
+    base = dict(style="large")
+    ids = torch.randint(3, VOCAB, (1, 9))
+    reference = tiny_model(**base)
+    ref_out = reference(ids).logits
+    for field, value in [("gate_soft_cap", 1.0), ("output_logit_soft_cap", 0.5), ("norm_eps", 10.0),
+                         ("mlstm_eps", 100.0)]:
+        other = tiny_model(**base, **{field: value})  # same seed: same weights
+        assert not torch.allclose(other(ids).logits, ref_out), field
+    paper = tiny_model("paper")
+    ref_paper = paper(ids).logits
+    # the chunk size changes how the mLSTM is computed, not what
+    torch.testing.assert_close(tiny_model("paper", chunk_size=3)(ids).logits, ref_paper, rtol=1e-5, atol=1e-5)
+    assert tiny_model("paper", conv_kernel_size=2).backbone.blocks[0].mixer.conv.weight.shape[-1] == 2
