@@ -58,6 +58,9 @@ __all__ = ["slstm_triton", "slstm_triton_unsupported_reason"]
 MAX_HEAD_DIM = 256
 # Float32 elements of R (4 x D x BN) one program keeps on chip: 64 KiB.
 _R_TILE_BUDGET = 16384
+# The largest tiles (4 x 64 x 64 float32 of R in the whole-head backward) took 144 KiB of shared
+# memory on an H100; GPUs with less per multiprocessor (consumer cards: ~100 KiB) use the native op.
+_MIN_SHARED_MEMORY = 160 * 1024
 # Tests flip this to fill every internal buffer with NaN, so that an element a kernel should
 # have written but did not shows up in the results.
 _POISON_BUFFERS = False
@@ -204,7 +207,6 @@ def _slstm_bwd_kernel(
     B, T, H, D, t_lo, t_hi, btile_offset,
     HAS_MASK: tl.constexpr, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr,
     SPLIT: tl.constexpr, BARRIER: tl.constexpr, PHASE: tl.constexpr, DOT_PREC: tl.constexpr,
-    RT_ROWLOAD: tl.constexpr,
 ):
     # Steps t_hi - 1 down to t_lo. PHASE 0: both halves of a step; 1: only the pointwise half
     # (carried dh + dy -> dA, dc, dn, dm); 2: only dh_{t-1} = sum_g dA_g R_g^T (per-step mode).
@@ -223,21 +225,12 @@ def _slstm_bwd_kernel(
 
     if PHASE != 1:
         # tile [j, k] = R[g, head, k, j] for own k: dh[:, k] = sum_j dA[:, j] R[k, j]
-        if RT_ROWLOAD:
-            # rows R[g, head, own k, :] read along contiguous j, transposed on chip
-            r_off = pid_h * D * D + offs_n[:, None] * D + offs_j[None, :]
-            r_mask = nmask[:, None] & jmask[None, :]
-            RT_i = tl.trans(tl.load(R_ptr + 0 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32))
-            RT_f = tl.trans(tl.load(R_ptr + 1 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32))
-            RT_z = tl.trans(tl.load(R_ptr + 2 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32))
-            RT_o = tl.trans(tl.load(R_ptr + 3 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32))
-        else:
-            rt_off = pid_h * D * D + offs_n[None, :] * D + offs_j[:, None]
-            rt_mask = jmask[:, None] & nmask[None, :]
-            RT_i = tl.load(R_ptr + 0 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
-            RT_f = tl.load(R_ptr + 1 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
-            RT_z = tl.load(R_ptr + 2 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
-            RT_o = tl.load(R_ptr + 3 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
+        rt_off = pid_h * D * D + offs_n[None, :] * D + offs_j[:, None]
+        rt_mask = jmask[:, None] & nmask[None, :]
+        RT_i = tl.load(R_ptr + 0 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
+        RT_f = tl.load(R_ptr + 1 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
+        RT_z = tl.load(R_ptr + 2 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
+        RT_o = tl.load(R_ptr + 3 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
 
     # carried gradients (4, B, H, D): d c, d n, d m, d h
     SD = B * HD
@@ -358,10 +351,7 @@ def _slstm_bwd_kernel(
 class _Config:
     """How one call is laid out: tile sizes and the synchronisation mode of a split head."""
 
-    def __init__(self, B, D, device, interpreted, block_n=None, mode=None, num_warps=None,
-                 dot_precision=None, rt_rowload=True):
-        self.dot_precision = dot_precision
-        self.rt_rowload = rt_rowload
+    def __init__(self, B, D, device, interpreted, block_n=None, mode=None, num_warps=None):
         self.BLOCK_D = max(16, triton.next_power_of_2(D))
         # tl.dot needs every dim >= 16; padded batch rows cost little next to a serial time loop
         self.BB = 16
@@ -404,9 +394,7 @@ def _pick_config(B, H, D, device, interpreted, overrides) -> _Config:
     return cfg
 
 
-def _dot_precision(dtype: torch.dtype, cfg) -> str:
-    if cfg.dot_precision is not None:
-        return cfg.dot_precision
+def _dot_precision(dtype: torch.dtype) -> str:
     # R from 16-bit inputs is exact in tf32, and h_{t-1} rounded to tf32 (10 bits) is finer
     # than the inputs themselves; float32 inputs get a full float32 product.
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -432,7 +420,7 @@ def _forward(x, R, state0, mask_u8, cfg: _Config):
     has_mask = mask_u8 is not None
     mask_arg = mask_u8 if has_mask else sync
     common = dict(HAS_MASK=has_mask, BB=cfg.BB, BLOCK_D=cfg.BLOCK_D, BN=cfg.BN,
-                  DOT_PREC=_dot_precision(x.dtype, cfg), num_warps=cfg.num_warps)
+                  DOT_PREC=_dot_precision(x.dtype), num_warps=cfg.num_warps)
     for b0, nb in cfg.waves(H):
         grid = (cfg.n_split, H, nb)
         if cfg.mode == "per_step":
@@ -456,8 +444,7 @@ def _backward(R, gates, states, mask_u8, dy, dstate, cfg: _Config, x_dtype):
     has_mask = mask_u8 is not None
     mask_arg = mask_u8 if has_mask else sync
     common = dict(HAS_MASK=has_mask, BB=cfg.BB, BLOCK_D=cfg.BLOCK_D, BN=cfg.BN,
-                  DOT_PREC=_dot_precision(x_dtype, cfg), num_warps=cfg.num_warps,
-                  RT_ROWLOAD=cfg.rt_rowload)
+                  DOT_PREC=_dot_precision(x_dtype), num_warps=cfg.num_warps)
     for b0, nb in cfg.waves(H):
         grid = (cfg.n_split, H, nb)
         if cfg.mode == "per_step":
@@ -547,6 +534,20 @@ def slstm_triton_unsupported_reason(x: torch.Tensor, R: torch.Tensor) -> str | N
             return "CPU tensors need TRITON_INTERPRET=1 set before hf_xlstm.kernels is imported"
     elif x.device.type != "cuda":
         return f"the Triton sLSTM runs on CUDA tensors, got {x.device}"
+    else:
+        reason = _gpu_reason(torch.cuda.get_device_properties(x.device))
+        if reason is not None:
+            return reason
+    if T * 4 * H * D >= 2**31:
+        return "more than 2**31 elements per sequence (int32 offsets inside a sample)"
+    return None
+
+
+def _gpu_reason(props) -> str | None:
+    smem = getattr(props, "shared_memory_per_multiprocessor", None)
+    if smem is not None and smem < _MIN_SHARED_MEMORY:
+        return (f"{props.name} with {smem // 1024} KiB of shared memory per multiprocessor "
+                f"(the sLSTM tiles need {_MIN_SHARED_MEMORY // 1024} KiB)")
     return None
 
 

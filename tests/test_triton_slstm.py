@@ -21,27 +21,33 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}  # 16-bit: rounding of x, R, h, dx, dR
 
-# (name, B, T, H, D, dtype, initial_state, mask, overrides, expected mode)
+# (name, B, T, H, D, dtype, initial_state, mask, overrides, expected mode, how)
 # "whole": one program per head (h stays in registers); "per_step": a split head, one launch
 # per step (the interpreter's stand-in for the persistent grid-barrier mode, checked on GPU).
+# how: "direct" calls slstm_triton; "ops" goes through slstm(backend="triton") (no fallback
+# allowed); "autocast" runs float32 inputs inside a bfloat16 autocast region, which must not
+# change the float32 math.
 CASES = [
-    ("T1", 2, 1, 2, 8, "float32", True, False, None, "whole"),
-    ("T17_mask", 2, 17, 2, 8, "float32", False, True, None, "whole"),
-    ("T64_state", 2, 64, 2, 8, "float32", True, False, None, "whole"),
-    ("T100_state_mask", 2, 100, 2, 8, "float32", True, True, None, "whole"),
-    ("fp16_T17_state_mask", 2, 17, 2, 8, "float16", True, True, None, "whole"),
-    ("fp16_T64", 2, 64, 2, 8, "float16", False, False, None, "whole"),
-    ("bf16_T17_state", 2, 17, 2, 8, "bfloat16", True, False, None, "whole"),
-    ("D4_B3_mask", 3, 17, 1, 4, "float32", True, True, None, "whole"),
-    ("B17_two_batch_tiles", 17, 5, 1, 16, "float32", True, True, None, "whole"),
-    ("split_T17_state_mask", 2, 17, 2, 40, "float32", True, True, {"block_n": 16}, "per_step"),
-    ("split_fp16_T5", 3, 5, 1, 40, "float16", False, False, {"block_n": 16}, "per_step"),
+    ("T1", 2, 1, 2, 8, "float32", True, False, None, "whole", "direct"),
+    ("T17_mask", 2, 17, 2, 8, "float32", False, True, None, "whole", "direct"),
+    ("T64_state", 2, 64, 2, 8, "float32", True, False, None, "whole", "direct"),
+    ("T100_state_mask", 2, 100, 2, 8, "float32", True, True, None, "whole", "direct"),
+    ("fp16_T17_state_mask", 2, 17, 2, 8, "float16", True, True, None, "whole", "direct"),
+    ("fp16_T64", 2, 64, 2, 8, "float16", False, False, None, "whole", "direct"),
+    ("bf16_T17_state", 2, 17, 2, 8, "bfloat16", True, False, None, "whole", "direct"),
+    ("D4_B3_mask", 3, 17, 1, 4, "float32", True, True, None, "whole", "direct"),
+    ("B17_two_batch_tiles", 17, 5, 1, 16, "float32", True, True, None, "whole", "direct"),
+    ("split_T17_state_mask", 2, 17, 2, 40, "float32", True, True, {"block_n": 16}, "per_step", "direct"),
+    ("split_fp16_T5", 3, 5, 1, 40, "float16", False, False, {"block_n": 16}, "per_step", "direct"),
+    ("ops_dispatch_T17_state_mask", 2, 17, 2, 8, "float32", True, True, None, "whole", "ops"),
+    ("autocast_bf16_T17_state", 2, 17, 2, 8, "float32", True, False, None, "whole", "autocast"),
 ]
 CASE_NAMES = [c[0] for c in CASES]
 
@@ -58,7 +64,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------ child process (interpreter)
 
 
-def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expected_mode) -> dict:
+def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expected_mode, how) -> dict:
+    from hf_xlstm.kernels import slstm
     from hf_xlstm.kernels.slstm_native import slstm_native
 
     K = _kernel_module()
@@ -94,13 +101,19 @@ def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expecte
 
     def kernel(x, R, state, mask):
         chosen["mode"] = K._pick_config(B, H, D, x.device, K._is_interpreted(), overrides).mode
+        if how == "ops":
+            return slstm(x, R, state, True, backend="triton", mask=mask)
         return K.slstm_triton(x, R, state, True, mask, _overrides=overrides)
 
     def native(x, R, state, mask):
         return slstm_native(x.float(), R.float(), state, True, mask)
 
     K._POISON_BUFFERS = True
-    out_k, grad_k = run(kernel, x, R, state)
+    with warnings.catch_warnings():
+        # a fallback to the native op warns: fail instead
+        warnings.filterwarnings("error", message=".*using the native op")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
+            out_k, grad_k = run(kernel, x, R, state)
     out_r, grad_r = run(native, x, R, state)
     names_out = ["h", "c_T", "n_T", "m_T", "h_T"]
     names_grad = ["dx", "dR"] + (["dc0", "dn0", "dm0", "dh0"] if with_state else [])
@@ -137,7 +150,7 @@ def interpreter_results() -> dict:
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_NAMES)
 def test_kernel_matches_native(interpreter_results, case):
-    name, dtype, expected_mode = case[0], case[5], case[-1]
+    name, dtype, expected_mode = case[0], case[5], case[9]
     r = interpreter_results[name]
     assert r["mode"] == expected_mode
     assert r["dtypes_ok"]
@@ -171,6 +184,16 @@ def test_unsupported_reasons():
     assert "dtype" in K.slstm_triton_unsupported_reason(x.double(), R.double())
     D = K.MAX_HEAD_DIM + 8
     assert "head dim" in K.slstm_triton_unsupported_reason(torch.zeros(1, 1, 4, 1, D), torch.zeros(4, 1, D, D))
+
+
+def test_gpu_shared_memory_reason():
+    from types import SimpleNamespace
+
+    K = _kernel_module()
+    h100 = SimpleNamespace(name="H100", shared_memory_per_multiprocessor=233472)
+    small = SimpleNamespace(name="small GPU", shared_memory_per_multiprocessor=102400)
+    assert K._gpu_reason(h100) is None
+    assert "small GPU with 100 KiB" in K._gpu_reason(small)
 
 
 def test_config_modes():
