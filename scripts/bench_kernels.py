@@ -47,7 +47,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def cuda_time(fn, min_reps: int = 10, max_reps: int = 200, budget_s: float = 2.0, warmup: int = 2) -> float:
+def cuda_time(fn, min_reps: int = 5, max_reps: int = 200, budget_s: float = 2.0, warmup: int = 2) -> float:
     """Median milliseconds of fn() over runs timed with CUDA events."""
     for _ in range(warmup):
         fn()
@@ -121,6 +121,8 @@ def checks(K_ops) -> list[dict]:
         ("mlstm bf16 B2 H4 T2000 K128 V256 L128", (2, 4, 2000, 128, 256, torch.bfloat16, False, 128), 3e-2),
         ("mlstm fp32 B1 H2 T1000 K96 V200 init L32", (1, 2, 1000, 96, 200, torch.float32, True, 32), 1e-4),
         ("mlstm fp16 B1 H2 T777 K512 V512 init L64", (1, 2, 777, 512, 512, torch.float16, True, 64), 3e-2),
+        ("mlstm bf16 B2 H4 T1000 K128 V256 init L32", (2, 4, 1000, 128, 256, torch.bfloat16, True, 32), 3e-2),
+        ("mlstm bf16 B2 H4 T1000 K64 V128 L16", (2, 4, 1000, 64, 128, torch.bfloat16, False, 16), 3e-2),
     ]
     for label, (B, H, T, K, V, dt, init, L), tol in cases:
         try:
@@ -275,6 +277,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="T=2048 and 8192 only, no native at 8192")
     ap.add_argument("--chunk-sizes", default="64,128")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: checks,mlstm,step,slstm")
+    ap.add_argument("--tuning", default="", help="JSON dict of launch parameters for the mLSTM kernels")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_kernels.py needs a CUDA GPU (the Triton kernels and the timings are GPU-only); "
@@ -283,11 +286,15 @@ def main() -> int:
     import hf_xlstm.kernels as K_ops
 
     skip = set(filter(None, args.skip.split(",")))
+    from hf_xlstm.kernels import mlstm_triton
+
+    if args.tuning:
+        mlstm_triton.TUNING.update(json.loads(args.tuning))
     name = torch.cuda.get_device_name()
     import triton
 
     result = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
-              "capability": list(torch.cuda.get_device_capability())}
+              "capability": list(torch.cuda.get_device_capability()), "mlstm_tuning": dict(mlstm_triton.TUNING)}
     print(f"device: {name}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
     result["measured"] = measure_ceilings()
     sheet = next((v for k, v in DATASHEET.items() if k in name), None)
