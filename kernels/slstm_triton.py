@@ -50,14 +50,12 @@ Measured on one H100 (Triton 3.6), B=16, T=1024, H=4, median ms, forward / forwa
     D=128 split BN=32   bf16 5.5 / 13.6    fp32 9.1 / 32.9
     D=192 split BN=16   bf16 9.4 / 21.3    fp32 6.7 / 47.4
     D=256 split BN=16   bf16 9.4 / 21.6    fp32 6.7 / 47.6
-against the native loop's ~400-490 / ~1270-1600 ms. The float32 backward is slow because its
-ieee recurrent product is (about 5x slower than tf32 there; the cause was not established).
+against the native loop's ~400-490 / ~1270-1600 ms. The float32 backward is the slow part: its
+ieee recurrent product ran about 5x slower than the tf32 one (cause not established).
 """
 
 from __future__ import annotations
 
-import math
-import os
 
 import torch
 import triton
