@@ -58,6 +58,8 @@ class xLSTMConfig(PretrainedConfig):
         norm_eps: epsilon of every LayerNorm/RMSNorm.
         output_logit_soft_cap: soft cap of the final logits (30 in xLSTM-7B; None: off).
         tie_word_embeddings, pad/bos/eos_token_id, use_cache: as everywhere in transformers.
+        converted_from: where converted weights came from (e.g. "transformers xLSTMForCausalLM: NX-AI/xLSTM-7b");
+            None for models made with hf_xlstm. Written by hf_xlstm.conversion and named in the model card.
     """
 
     model_type = "hf_xlstm"
@@ -99,6 +101,7 @@ class xLSTMConfig(PretrainedConfig):
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
         use_cache: bool = True,
+        converted_from: str | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -126,6 +129,7 @@ class xLSTMConfig(PretrainedConfig):
         self.norm_eps = norm_eps
         self.output_logit_soft_cap = output_logit_soft_cap
         self.use_cache = use_cache
+        self.converted_from = converted_from
         # Saved folders carry their code, so AutoModel*.from_pretrained(..., trust_remote_code=True) finds it.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(
@@ -194,6 +198,8 @@ class xLSTMConfig(PretrainedConfig):
             positive_float(name)
         positive_float("gate_soft_cap", allow_none=True)
         positive_float("output_logit_soft_cap", allow_none=True)
+        if self.converted_from is not None and not isinstance(self.converted_from, str):
+            raise ValueError(f"xLSTMConfig.converted_from must be a string or None, got {self.converted_from!r}.")
         if isinstance(self.igate_bias_init, bool) or not isinstance(self.igate_bias_init, (int, float)):
             raise ValueError(f"xLSTMConfig.igate_bias_init must be a number, got {self.igate_bias_init!r}.")
         if not isinstance(self.use_bias, bool):
