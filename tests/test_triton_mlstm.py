@@ -42,6 +42,8 @@ SEQ_CASES += [
     # Several K and V tiles per program (tile cap 16), sizes that are no multiple of a tile.
     dict(T=100, init=True, L=32, dtype="float32", K=40, V=24, max_tile=16),
     dict(T=50, init=False, L=16, dtype="bfloat16", K=24, V=40, max_tile=16),
+    # Head dims below the 16-wide dot tile (masked up to it).
+    dict(T=40, init=True, L=16, dtype="float32", K=8, V=12),
     # Masked steps (i = -inf, f = +inf) at the very start without a state and in the middle.
     dict(T=70, init=False, L=16, dtype="float32", K=16, V=32, masked=True),
     dict(T=70, init=True, L=32, dtype="float32", K=16, V=32, masked=True),
