@@ -481,6 +481,10 @@ def _paper_kwargs(c: Mapping[str, Any]) -> dict[str, Any]:
         if slstm["function"] != "slstm":
             raise ConversionError(f"slstm_block.slstm.function is {slstm['function']!r}; only 'slstm' cells convert.")
         heads.add(slstm["num_heads"])
+        if slstm["conv1d_kernel_size"] == 0:
+            # the official layer then feeds x itself to the i/f gates; hf_xlstm always applies SiLU(conv(x))
+            raise ConversionError("slstm_block.slstm.conv1d_kernel_size is 0 (no conv, no SiLU before the gates); "
+                                  "hf_xlstm's sLSTM layer always has them, so this model cannot be represented.")
         kernels.append(slstm["conv1d_kernel_size"])
         if ffn is not None:
             if ffn["act_fn"] != "gelu" or ffn["ff_type"] != "ffn_gated":
@@ -497,9 +501,9 @@ def _paper_kwargs(c: Mapping[str, Any]) -> dict[str, Any]:
         raise ConversionError(f"the mLSTM and sLSTM layers have different num_heads ({sorted(heads)}); hf_xlstm uses "
                               "one num_heads for both.")
     kwargs["num_heads"] = heads.pop()
-    # One conv width in hf_xlstm: the widest; narrower kernels (and "no conv", kernel 0) are zero-padded in front,
-    # which leaves the convolution exactly as it was.
-    kwargs["conv_kernel_size"] = max(max(kernels), 1)
+    # One conv width in hf_xlstm: the widest; a narrower kernel is zero-padded in front (the oldest inputs), which
+    # leaves its convolution exactly as it was.
+    kwargs["conv_kernel_size"] = max(kernels)
     return kwargs
 
 
@@ -511,12 +515,6 @@ def _plus_one(w: torch.Tensor) -> torch.Tensor:
 def _pad_conv(weight: torch.Tensor, width: int) -> torch.Tensor:
     """(C, 1, k) -> (C, 1, width) with zero taps in front (the oldest inputs): the same causal convolution."""
     return torch.nn.functional.pad(weight, (width - weight.shape[-1], 0))
-
-
-def _identity_conv(channels: int, width: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = like.new_zeros(channels, 1, width)
-    weight[..., -1] = 1.0
-    return weight, like.new_zeros(channels)
 
 
 def _slstm_cell(m: _Mapper, prefix: str, H: int, Dh: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -566,7 +564,7 @@ def _paper_state_dict(state_dict, c, hf_config: xLSTMConfig) -> dict[str, torch.
             m.copy(x + "proj_up.weight", d + "mixer.up_proj.weight")
             for n in ("q_proj", "k_proj", "v_proj"):
                 m.copy(x + f"{n}.weight", d + f"mixer.{n}.weight")
-            _conv(m, x, d + "mixer.", p["mlstm"]["conv1d_kernel_size"], width, hf_config.mlstm_inner_size)
+            _conv(m, x, d + "mixer.", width)
             for n in ("igate", "fgate"):
                 m.copy(x + f"mlstm_cell.{n}.weight", d + f"mixer.{n}.weight")
                 m.copy(x + f"mlstm_cell.{n}.bias", d + f"mixer.{n}.bias")
@@ -576,7 +574,7 @@ def _paper_state_dict(state_dict, c, hf_config: xLSTMConfig) -> dict[str, torch.
             m.copy(x + "proj_down.weight", d + "mixer.down_proj.weight")
             continue
         x = s + "xlstm."
-        _conv(m, x, d + "mixer.", p["slstm"]["conv1d_kernel_size"], width, D)
+        _conv(m, x, d + "mixer.", width)
         # The official layer computes i = fgate(x), f = igate(x): its names are swapped against the cell's order.
         m.copy(x + "fgate.weight", d + "mixer.igate.weight")
         m.copy(x + "igate.weight", d + "mixer.fgate.weight")
@@ -607,13 +605,7 @@ def _paper_state_dict(state_dict, c, hf_config: xLSTMConfig) -> dict[str, torch.
     return m.finish(expected_shapes(hf_config), ignore_unused=("causal_mask",))
 
 
-def _conv(m: _Mapper, src: str, dst: str, kernel: int, width: int, channels: int) -> None:
-    if kernel == 0:
-        like = m.source.get(src + "proj_up.weight", next(iter(m.source.values())))
-        weight, bias = _identity_conv(channels, width, like)
-        m.put(dst + "conv.weight", weight, "(no conv)")
-        m.put(dst + "conv.bias", bias, "(no conv)")
-        return
+def _conv(m: _Mapper, src: str, dst: str, width: int) -> None:
     m.put(dst + "conv.weight", _pad_conv(m.take(src + "conv1d.conv.weight"), width), src + "conv1d.conv.weight")
     m.copy(src + "conv1d.conv.bias", dst + "conv.bias")
 

@@ -1,0 +1,204 @@
+"""The official xlstm package -> hf_xlstm: the paper's xLSTMLMModel (mLSTM and sLSTM blocks) and xLSTMLarge, with
+logit and step-by-step decoding parity against the package itself (tiny random models made here; its sLSTM runs
+with backend="vanilla" on CPU)."""
+
+import dataclasses
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+from xlstm import (
+    FeedForwardConfig,
+    mLSTMBlockConfig,
+    mLSTMLayerConfig,
+    sLSTMBlockConfig,
+    sLSTMLayerConfig,
+    xLSTMLMModel,
+    xLSTMLMModelConfig,
+)
+from xlstm.blocks.slstm.cell import sLSTMCell
+from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
+
+from hf_xlstm import xLSTMForCausalLM
+from hf_xlstm.conversion import (
+    ConversionError,
+    config_from_official,
+    convert_official_checkpoint,
+    state_dict_from_official,
+)
+
+VOCAB = 97
+
+
+def perturb(model, scale=0.1, seed=0):
+    """The package's own init plus noise: gate weights and recurrent kernels (zero at init) take part too."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model.eval()
+
+
+def paper_config(**stack):
+    # sLSTM conv narrower than the mLSTM conv (4 vs 2) and an FFN width that rounds: both must carry over.
+    base = dict(
+        mlstm_block=mLSTMBlockConfig(mlstm=mLSTMLayerConfig(conv1d_kernel_size=4, qkv_proj_blocksize=4, num_heads=2)),
+        slstm_block=sLSTMBlockConfig(slstm=sLSTMLayerConfig(backend="vanilla", num_heads=2, conv1d_kernel_size=2),
+                                     feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu")),
+        context_length=64, num_blocks=3, embedding_dim=32, slstm_at=[1], vocab_size=VOCAB)
+    base.update(stack)
+    return xLSTMLMModelConfig(**base)
+
+
+def large_config(weight_mode):
+    return xLSTMLargeConfig(embedding_dim=64, num_heads=2, num_blocks=2, vocab_size=VOCAB, weight_mode=weight_mode,
+                            chunkwise_kernel="chunkwise--native_autograd", sequence_kernel="native_sequence__native",
+                            step_kernel="native", mode="inference", chunk_size=16, return_last_states=True,
+                            autocast_kernel_dtype="float32", gate_soft_cap=12.0, output_logit_soft_cap=25.0)
+
+
+def assert_close_rel(actual, expected, rel=1e-5):
+    err = (actual - expected).abs().max().item() / expected.abs().max().item()
+    assert err <= rel, f"max abs difference / max abs value = {err:.3g} > {rel}"
+
+
+def save_official(folder, model, config):
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": dataclasses.asdict(config)}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+def hf_steps(model, ids):
+    """Logits of feeding ids one token at a time through the cache: (B, T, V)."""
+    cache, out = None, []
+    with torch.no_grad():
+        for t in range(ids.shape[1]):
+            o = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            cache = o.past_key_values
+            out.append(o.logits)
+    return torch.cat(out, 1)
+
+
+def greedy_official(step, prompt, n):
+    """Greedy decoding with the package's own step function: step(ids (B,1), state) -> (logits (B,1,V), state)."""
+    state, ids = None, prompt
+    with torch.no_grad():
+        for t in range(prompt.shape[1] - 1):
+            _, state = step(prompt[:, t:t + 1], state)
+        token = prompt[:, -1:]
+        for _ in range(n):
+            logits, state = step(token, state)
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, token], 1)
+    return ids
+
+
+def test_paper_model_with_slstm_blocks_matches_logits_and_decoding(tmp_path):
+    config = paper_config()
+    reference = perturb(xLSTMLMModel(config))
+    save_official(tmp_path / "official", reference, config)
+    convert_official_checkpoint(tmp_path / "official", tmp_path / "hf", source_name="paper-tiny")
+    model = xLSTMForCausalLM.from_pretrained(tmp_path / "hf", backend="native", chunk_size=16).eval()
+    assert model.config.block_types == ["mlstm", "slstm", "mlstm"] and model.config.conv_kernel_size == 4
+    assert model.config.norm_eps == 1e-5 and model.config.converted_from == "xlstm package xLSTMLMModel: paper-tiny"
+    assert "paper-tiny" in (tmp_path / "hf" / "README.md").read_text()
+
+    torch.manual_seed(1)
+    ids = torch.randint(0, VOCAB, (2, 37))
+    with torch.no_grad():
+        assert_close_rel(model(ids).logits, reference(ids))
+
+    step_ids = ids[:, :12]
+    official_steps = []
+    state = None
+    with torch.no_grad():
+        for t in range(step_ids.shape[1]):
+            logits, state = reference.step(step_ids[:, t:t + 1], state)
+            official_steps.append(logits)
+    assert_close_rel(hf_steps(model, step_ids), torch.cat(official_steps, 1))
+
+    want = greedy_official(reference.step, ids[:, :5], 8)
+    got = model.generate(ids[:, :5], max_new_tokens=8, do_sample=False)
+    assert torch.equal(got, want)
+
+
+def test_slstm_cuda_layout_and_variants_convert_to_the_same_model():
+    """The cuda backend stores R and the bias in another layout; made here with the package's own layout code."""
+    # Variants: sLSTM blocks without MLP (a zero MLP here) and without norm weight, tied embeddings.
+    config = paper_config(slstm_at=[0, 2], tie_weights=True, slstm_block=sLSTMBlockConfig(
+        slstm=sLSTMLayerConfig(backend="vanilla", num_heads=2, conv1d_kernel_size=4, group_norm_weight=False),
+        feedforward=None))
+    reference = perturb(xLSTMLMModel(config), seed=2)
+    as_dict = dataclasses.asdict(config)
+    vanilla = state_dict_from_official(reference.state_dict(), as_dict)
+
+    cuda_cell = sLSTMCell(dataclasses.replace(reference.xlstm_block_stack.blocks[0].xlstm.slstm_cell.config,
+                                              backend="cuda"), skip_backend_init=True)
+    cuda_state = dict(reference.state_dict())
+    for i in (0, 2):
+        cell = reference.xlstm_block_stack.blocks[i].xlstm.slstm_cell
+        prefix = f"xlstm_block_stack.blocks.{i}.xlstm.slstm_cell."
+        cuda_state[prefix + "_recurrent_kernel_"] = cuda_cell._recurrent_kernel_ext2int(
+            cell._recurrent_kernel_int2ext(cell._recurrent_kernel_))
+        cuda_state[prefix + "_bias_"] = cuda_cell._bias_ext2int(cell._bias_int2ext(cell._bias_))
+        assert cuda_state[prefix + "_recurrent_kernel_"].shape != cell._recurrent_kernel_.shape
+    from_cuda = state_dict_from_official(cuda_state, as_dict)
+    assert from_cuda.keys() == vanilla.keys()
+    for key in vanilla:
+        assert torch.equal(from_cuda[key], vanilla[key]), key
+
+    hf_config = config_from_official(as_dict, backend="native", chunk_size=16)
+    assert hf_config.tie_word_embeddings and hf_config.slstm_at == [0, 2]
+    model = xLSTMForCausalLM(hf_config).eval()
+    model.load_state_dict(vanilla)
+    ids = torch.randint(0, VOCAB, (2, 21))
+    with torch.no_grad():
+        assert_close_rel(model(ids).logits, reference(ids))
+
+
+@pytest.mark.parametrize("weight_mode", ["single", "fused"])
+def test_xlstm_large_matches_logits_and_decoding(weight_mode):
+    config = large_config(weight_mode)
+    reference = perturb(xLSTMLarge(config), seed=3)
+    as_dict = dataclasses.asdict(config)
+    hf_config = config_from_official(as_dict, backend="native", chunk_size=16)
+    assert (hf_config.block_style, hf_config.gate_soft_cap, hf_config.output_logit_soft_cap) == ("large", 12.0, 25.0)
+    model = xLSTMForCausalLM(hf_config).eval()
+    model.load_state_dict(state_dict_from_official(reference.state_dict(), as_dict, hf_config))
+
+    ids = torch.randint(0, VOCAB, (2, 37))
+    with torch.no_grad():
+        assert_close_rel(model(ids).logits, reference(ids)[0])
+    want = greedy_official(lambda tok, state: reference(tok, state), ids[:, :5], 8)
+    assert torch.equal(model.generate(ids[:, :5], max_new_tokens=8, do_sample=False), want)
+    steps, state = [], None
+    with torch.no_grad():
+        for t in range(10):
+            logits, state = reference(ids[:, t:t + 1], state)
+            steps.append(logits)
+    assert_close_rel(hf_steps(model, ids[:, :10]), torch.cat(steps, 1))
+
+
+def test_mismatched_official_folder_raises_naming_the_key(tmp_path):
+    config = paper_config()
+    reference = perturb(xLSTMLMModel(config))
+    key = "xlstm_block_stack.blocks.2.xlstm.proj_up.weight"
+    state = dict(reference.state_dict())
+    state[key] = state[key][:, :-1]
+    folder = tmp_path / "official"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    with pytest.raises(ConversionError, match=key.replace(".", r"\.")):
+        convert_official_checkpoint(folder, tmp_path / "hf")
+    bad_r = dict(reference.state_dict())
+    r_key = "xlstm_block_stack.blocks.1.xlstm.slstm_cell._recurrent_kernel_"
+    bad_r[r_key] = torch.zeros(2, 16, 16)
+    with pytest.raises(ConversionError, match=r_key.replace(".", r"\.")):
+        state_dict_from_official(bad_r, dataclasses.asdict(config))
+
+    no_conv = dataclasses.asdict(config)
+    no_conv["slstm_block"]["slstm"]["conv1d_kernel_size"] = 0
+    with pytest.raises(ConversionError, match="conv1d_kernel_size"):
+        config_from_official(no_conv)
