@@ -11,7 +11,6 @@ mlstm_native.py / slstm_native.py; they are the spec the Triton kernels are chec
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import warnings
@@ -25,18 +24,13 @@ __all__ = ["mlstm", "mlstm_step", "slstm", "resolve_backend", "BACKENDS"]
 
 BACKENDS = ("auto", "native", "triton")
 
-# The `_*_triton` functions below call the Triton kernels; "auto" picks them on CUDA.
-_TRITON_OPS_READY = True
-
-
 def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _triton_module(name: str):
-    """Lazily import a sibling Triton module (e.g. "mlstm_triton"), so that importing the ops
-    never imports triton."""
-    return importlib.import_module(f"{__package__}.{name}")
+# The Triton modules are imported inside the functions that use them, so importing the ops never imports
+# triton. They are written as `from .module import name`: that is the form transformers' remote-code loader
+# follows when it copies a saved model's code, so the kernels travel with the model.
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
@@ -44,7 +38,7 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
-        if _TRITON_OPS_READY and tensor.is_cuda and _triton_importable():
+        if tensor.is_cuda and _triton_importable():
             return "triton"
         return "native"
     if backend == "triton":
@@ -70,38 +64,34 @@ def _fallback(op: str, reason: str) -> None:
 
 
 def _mlstm_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps):
-    mod = _triton_module("mlstm_triton")
-    reason = mod.unsupported_reason(q, v, chunk_size)
+    from .mlstm_triton import mlstm_chunkwise_triton, unsupported_reason
+
+    reason = unsupported_reason(q, v, chunk_size)
     if reason is None:
-        return mod.mlstm_chunkwise_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+        return mlstm_chunkwise_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
     _fallback("mlstm", reason)
     return mlstm_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
 
 
 def _mlstm_step_triton(q, k, v, i, f, state, eps):
-    mod = _triton_module("mlstm_triton")
-    reason = mod.unsupported_reason(q, v, None)
+    from .mlstm_triton import mlstm_step_triton, unsupported_reason
+
+    reason = unsupported_reason(q, v, None)
     tensors = (q, k, v, i, f) + (tuple(state) if state is not None else ())
     if reason is None and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         reason = "autograd (the fused decode step is forward-only)"
     if reason is None:
-        return mod.mlstm_step_triton(q, k, v, i, f, state, eps)
+        return mlstm_step_triton(q, k, v, i, f, state, eps)
     _fallback("mlstm_step", reason)
     return mlstm_step_native(q, k, v, i, f, state, eps)
 
 
 def _slstm_triton(x, R, initial_state, return_final_state, mask):
-    try:
-        mod = _triton_module("slstm_triton")
-        run = mod.slstm_triton
-    except (ImportError, AttributeError) as err:
-        raise NotImplementedError(
-            f"the triton backend of slstm needs slstm_triton() in {__package__}.slstm_triton ({err})"
-        ) from err
-    why = getattr(mod, "slstm_triton_unsupported_reason", None)
-    reason = why(x, R) if why is not None else None
+    from .slstm_triton import slstm_triton, slstm_triton_unsupported_reason
+
+    reason = slstm_triton_unsupported_reason(x, R)
     if reason is None:
-        return run(x, R, initial_state, return_final_state, mask)
+        return slstm_triton(x, R, initial_state, return_final_state, mask)
     _fallback("slstm", reason)
     return slstm_native(x, R, initial_state=initial_state, return_final_state=return_final_state, mask=mask)
 
