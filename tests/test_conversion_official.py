@@ -158,14 +158,27 @@ def test_slstm_cuda_layout_and_variants_convert_to_the_same_model():
 
 
 @pytest.mark.parametrize("weight_mode", ["single", "fused"])
-def test_xlstm_large_matches_logits_and_decoding(weight_mode):
+def test_xlstm_large_matches_logits_and_decoding(tmp_path, weight_mode):
     config = large_config(weight_mode)
     reference = perturb(xLSTMLarge(config), seed=3)
     as_dict = dataclasses.asdict(config)
-    hf_config = config_from_official(as_dict, backend="native", chunk_size=16)
+    if weight_mode == "single":
+        # the package's own checkpoint layout (xlstm_large.from_pretrained): config.yaml and model_<n> shards
+        src = tmp_path / "official"
+        src.mkdir()
+        (src / "config.yaml").write_text(yaml.safe_dump(as_dict))
+        state = reference.state_dict()
+        half = len(state) // 2
+        for n, keys in enumerate((list(state)[:half], list(state)[half:])):
+            save_file({k: state[k].contiguous() for k in keys}, str(src / f"model_{n}.safetensors"))
+        convert_official_checkpoint(src, tmp_path / "hf")
+        model = xLSTMForCausalLM.from_pretrained(tmp_path / "hf", backend="native", chunk_size=16).eval()
+        hf_config = model.config
+    else:
+        hf_config = config_from_official(as_dict, backend="native", chunk_size=16)
+        model = xLSTMForCausalLM(hf_config).eval()
+        model.load_state_dict(state_dict_from_official(reference.state_dict(), as_dict, hf_config))
     assert (hf_config.block_style, hf_config.gate_soft_cap, hf_config.output_logit_soft_cap) == ("large", 12.0, 25.0)
-    model = xLSTMForCausalLM(hf_config).eval()
-    model.load_state_dict(state_dict_from_official(reference.state_dict(), as_dict, hf_config))
 
     ids = torch.randint(0, VOCAB, (2, 37))
     with torch.no_grad():
@@ -189,7 +202,7 @@ def test_mismatched_official_folder_raises_naming_the_key(tmp_path):
     folder = tmp_path / "official"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config)))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    torch.save(state, folder / "checkpoint.pt")  # a plain torch state-dict file
     with pytest.raises(ConversionError, match=key.replace(".", r"\.")):
         convert_official_checkpoint(folder, tmp_path / "hf")
     bad_r = dict(reference.state_dict())

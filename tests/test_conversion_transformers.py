@@ -3,8 +3,10 @@
 The reference is transformers' own xLSTMForCausalLM (tiny, random, made here) in both weight modes.
 """
 
+import importlib.util
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +167,20 @@ def test_mismatched_folders_raise_errors_naming_the_key(tmp_path):
             convert_transformers_checkpoint(broken, tmp_path / f"out-{name}")
         with pytest.raises(ConversionError, match=needle.replace(".", r"\.")):
             xLSTMForCausalLM.from_pretrained(broken)
+
+
+def test_convert_checkpoint_script_both_ways(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint", Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    reference = transformers_model("fused", seed=9)
+    reference.save_pretrained(tmp_path / "src")
+    assert script.main(["--from", "transformers", str(tmp_path / "src"), str(tmp_path / "hf")]) == 0
+    assert script.main(["--to-transformers", "--weight-mode", "fused", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    restored = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert all(torch.equal(restored[k], v) for k, v in reference.state_dict().items())
+    assert script.main(["--from", "xlstm", str(tmp_path / "src"), str(tmp_path / "bad")]) == 1  # clear error, no trace
 
 
 def test_paper_models_cannot_go_to_transformers_format(tmp_path):
