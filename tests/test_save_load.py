@@ -47,6 +47,11 @@ FRESH_PROCESS = textwrap.dedent(
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     assert not any(m == "hf_xlstm" or m.startswith("hf_xlstm.") for m in sys.modules)
+    # the Triton kernels travel with the model code, for backend="triton"/"auto" on CUDA
+    import os
+    module_dir = os.path.dirname(sys.modules[type(model).__module__].__file__)
+    for name in ("kernels.py", "ops.py", "mlstm_triton.py", "slstm_triton.py"):
+        assert os.path.exists(os.path.join(module_dir, name)), name
     torch.save(model(ids).logits, folder + "/fresh_logits.pt")
     generated = model.generate(ids, max_new_tokens=3, do_sample=False)
     print(json.dumps(generated.tolist()))
