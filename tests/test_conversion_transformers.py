@@ -177,7 +177,8 @@ def test_convert_checkpoint_script_both_ways(tmp_path):
     reference = transformers_model("fused", seed=9)
     reference.save_pretrained(tmp_path / "src")
     assert script.main(["--from", "transformers", str(tmp_path / "src"), str(tmp_path / "hf")]) == 0
-    assert script.main(["--to-transformers", "--weight-mode", "fused", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    back = ["--to-transformers", "--weight-mode", "fused", str(tmp_path / "hf"), str(tmp_path / "back")]
+    assert script.main(back) == 0
     restored = load_file(str(tmp_path / "back" / "model.safetensors"))
     assert all(torch.equal(restored[k], v) for k, v in reference.state_dict().items())
     assert script.main(["--from", "xlstm", str(tmp_path / "src"), str(tmp_path / "bad")]) == 1  # clear error, no trace
