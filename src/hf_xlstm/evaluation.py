@@ -363,3 +363,15 @@ def update_model_card(folder: str | Path, results: dict) -> Path:
     card.save(path)
     validate_model_card(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------- one call
+def evaluate_folder(folder: str | Path, tasks: str | list[str] = "auto", *, output: str | Path | None = None,
+                    model_card: bool = True, **evaluate_kwargs) -> tuple[dict, Path, Path | None]:
+    """What scripts/evaluate.py does: `evaluate(folder, tasks=...)`, the results JSON (default
+    folder/eval_results.json) and, with `model_card`, the results in folder/README.md. Returns (lm-eval results,
+    JSON path, card path or None)."""
+    results = evaluate(str(folder), tasks=tasks, **evaluate_kwargs)
+    json_path = write_results(results, output or Path(folder) / RESULTS_FILE, model_name=Path(folder).name)
+    card_path = update_model_card(folder, results) if model_card else None
+    return results, json_path, card_path

@@ -1,0 +1,103 @@
+"""Fine-tuning saved folders with Trainer: all weights (scripts/finetune.py) and LoRA through peft for both block
+styles (documented targets, adapter save/load, merge_and_unload giving the same logits)."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from test_lm_eval import _load_script, corpus, make_tokenizer, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "train.txt"
+    path.write_text(" ".join(corpus(300, seed=2)))
+    return path
+
+
+def _loss(model, blocks) -> float:
+    ids = torch.tensor(blocks["input_ids"])
+    with torch.no_grad():
+        return model(ids, labels=ids).loss.item()
+
+
+def test_lora_targets_cover_the_linear_maps(style):
+    from hf_xlstm.finetuning import lora_config, lora_target_modules
+    from conftest import tiny_model
+
+    model = tiny_model(style)
+    targets = set(lora_target_modules(model.config))
+    linear = {name.rsplit(".", 1)[-1] for name, m in model.backbone.named_modules() if isinstance(m, nn.Linear)}
+    gates = {"igate", "fgate"}  # width -> num_heads: not worth a low-rank update
+    assert targets == linear - gates
+    if style == "paper":
+        config = lora_config(model.config, r=4, train_blockdiagonal=True)
+        assert set(config.modules_to_save) >= {"q_proj", "k_proj", "v_proj", "zgate", "ogate"}
+    else:
+        with pytest.raises(ValueError, match="block-diagonal"):
+            lora_config(model.config, train_blockdiagonal=True)
+    with pytest.raises(ValueError, match="rank"):
+        lora_config(model.config, r=0)
+
+
+def test_full_finetune_script(tokenizer, text_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_xlstm.finetuning import load_text_blocks
+
+    folder = save_tiny_model(tmp_path / "base", "paper", tokenizer)
+    out = tmp_path / "full"
+    metrics = _load_script("finetune").main([str(folder), str(out), "--train-files", str(text_file),
+                                             "--block-size", "32", "--max-steps", "12", "--batch-size", "8",
+                                             "--learning-rate", "3e-3", "--logging-steps", "4"])
+    losses = [loss for _, loss in metrics["losses"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert json.loads((out / "finetune_results.json").read_text())["global_step"] == 12
+
+    blocks = load_text_blocks(tokenizer, 32, train_files=[str(text_file)]).select(range(16))
+    before = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    after = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert _loss(after, blocks) < _loss(before, blocks) - 0.1
+    assert (out / "tokenizer.json").is_file() and (out / "modeling_xlstm.py").is_file()
+
+
+@pytest.mark.parametrize("style", ["paper", "large"])
+def test_lora_finetune(style, tokenizer, text_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hf_xlstm import xLSTMForCausalLM
+    from hf_xlstm.finetuning import finetune, lora_target_modules, load_text_blocks
+
+    folder = save_tiny_model(tmp_path / "base", style, tokenizer)
+    out = tmp_path / "lora"
+    metrics = finetune(folder, out, lora=True, lora_options={"r": 4}, train_files=[str(text_file)], block_size=32,
+                       max_steps=12, learning_rate=1e-2, logging_steps=4, per_device_train_batch_size=8)
+    losses = [loss for _, loss in metrics["losses"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+    base = xLSTMForCausalLM.from_pretrained(folder).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    targets = tuple(f".{t}.weight" for t in lora_target_modules(base.config))
+    base_params, merged_params = dict(base.named_parameters()), dict(merged.named_parameters())
+    assert base_params.keys() == merged_params.keys()
+    changed = {n for n in base_params if not torch.equal(base_params[n], merged_params[n])}
+    assert changed and all(n.endswith(targets) for n in changed)  # only the LoRA targets moved
+    assert metrics["trainable_parameters"] < sum(p.numel() for p in base.parameters()) / 4
+
+    # the adapter on a fresh base gives the merged model's logits, before and after merge_and_unload
+    adapted = PeftModel.from_pretrained(xLSTMForCausalLM.from_pretrained(folder), out / "adapter").eval()
+    blocks = load_text_blocks(tokenizer, 32, train_files=[str(text_file)]).select(range(8))
+    ids = torch.tensor(blocks["input_ids"])
+    with torch.no_grad():
+        reference = merged(ids).logits
+        torch.testing.assert_close(adapted(input_ids=ids).logits, reference)
+        torch.testing.assert_close(adapted.merge_and_unload()(ids).logits, reference)
+    assert _loss(merged, blocks) < _loss(base, blocks)
