@@ -9,8 +9,8 @@ import os
 import subprocess
 import sys
 
-
 CHILD = r"""
+import torch
 from conftest import tiny_model
 
 torch.manual_seed(0)
