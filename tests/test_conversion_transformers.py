@@ -184,6 +184,24 @@ def test_convert_checkpoint_script_both_ways(tmp_path):
     assert script.main(["--from", "xlstm", str(tmp_path / "src"), str(tmp_path / "bad")]) == 1  # clear error, no trace
 
 
+def test_a_tied_hf_model_runs_in_transformers_after_conversion(tmp_path):
+    torch.manual_seed(11)
+    config = xLSTMConfig(block_style="large", vocab_size=VOCAB, hidden_size=128, num_blocks=1, num_heads=2,
+                         chunk_size=16, backend="native", tie_word_embeddings=True, output_logit_soft_cap=30.0)
+    model = xLSTMForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_as_transformers(model, tmp_path)
+    reference = TransformersModel.from_pretrained(tmp_path).eval()  # it never ties: the head is stored
+    ids = torch.randint(0, VOCAB, (2, 23))
+    with torch.no_grad():
+        assert_close_rel(reference(ids).logits, model(ids).logits)
+    narrow = xLSTMConfig(block_style="large", vocab_size=VOCAB, hidden_size=32, num_blocks=1, num_heads=2)
+    with pytest.raises(ConversionError, match="qk_dim_factor gives a width of 16"):
+        config_to_transformers(narrow)
+
+
 def test_paper_models_cannot_go_to_transformers_format(tmp_path):
     model = xLSTMForCausalLM(xLSTMConfig(vocab_size=VOCAB, hidden_size=32, num_blocks=2, num_heads=2, slstm_at=[1]))
     with pytest.raises(ConversionError, match="block_style='paper'"):

@@ -215,7 +215,8 @@ def config_from_transformers(config, **overrides) -> xLSTMConfig:
         ffn_round_up_to=ffn_multiple,
         gate_soft_cap=c.get("gate_soft_cap", 15.0),
         output_logit_soft_cap=c.get("output_logit_soft_cap", 30.0),
-        tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+        # transformers' xLSTM never ties its LM head (it declares no tied weights), whatever the config says
+        tie_word_embeddings=False,
         pad_token_id=c.get("pad_token_id", 1),
         bos_token_id=c.get("bos_token_id", 0),
         eos_token_id=c.get("eos_token_id", 2),
@@ -315,7 +316,7 @@ def config_to_transformers(config: xLSTMConfig, weight_mode: str = "single", **o
         v_dim_factor=config.v_dim_factor, chunk_size=config.chunk_size, ffn_proj_factor=ffn_factor,
         ffn_round_up_to_multiple_of=ffn_multiple, gate_soft_cap=config.gate_soft_cap,
         output_logit_soft_cap=config.output_logit_soft_cap, weight_mode=weight_mode,
-        tie_word_embeddings=config.tie_word_embeddings, pad_token_id=config.pad_token_id,
+        tie_word_embeddings=False, pad_token_id=config.pad_token_id,  # it never ties: the head is stored
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, use_cache=config.use_cache,
         # states in float32 and the plain-PyTorch kernels: what hf_xlstm computes
         inference_state_dtype="float32", chunkwise_kernel="chunkwise--native_autograd",
@@ -791,8 +792,8 @@ def save_as_transformers(model, dst: str | os.PathLike, weight_mode: str = "sing
     dst.mkdir(parents=True, exist_ok=True)
     tconfig = config_to_transformers(model.config, weight_mode)
     state = state_dict_to_transformers(model.state_dict(), model.config, weight_mode)
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+    if model.config.tie_word_embeddings:  # stored as its own tensor: transformers' xLSTM does not tie
+        state["lm_head.weight"] = state["lm_head.weight"].clone()
     tconfig.save_pretrained(dst)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(dst / "model.safetensors"),
               metadata={"format": "pt"})
