@@ -124,6 +124,21 @@ def test_from_pretrained_converts_a_sharded_transformers_folder_on_the_fly(tmp_p
         assert_close_rel(model(ids).logits, reference(ids).logits)
 
 
+def test_from_pretrained_by_hub_name_reads_the_hub_cache(tmp_path):
+    """A Hub id resolves through the Hub cache (offline here: the tests never download)."""
+    repo = tmp_path / "models--someone--tiny-xlstm"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    reference = transformers_model("fused", seed=4)
+    reference.save_pretrained(repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    model = xLSTMForCausalLM.from_pretrained("someone/tiny-xlstm", cache_dir=str(tmp_path), backend="native")
+    assert model.config.converted_from == "transformers xLSTMForCausalLM: someone/tiny-xlstm"
+    ids = torch.randint(3, VOCAB, (1, 17))
+    with torch.no_grad():
+        assert_close_rel(model(ids).logits, reference(ids).logits)
+
+
 def test_pure_mapping_functions_round_trip_the_config():
     reference = transformers_model("fused", seed=5)
     config = config_from_transformers(reference.config)

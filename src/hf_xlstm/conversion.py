@@ -804,7 +804,7 @@ def hub_checkpoint_folder(name: str, hub_kwargs: Mapping[str, Any] | None = None
     """A local folder with the config, weights and tokenizer files of a Hub repo (downloaded or cached)."""
     from huggingface_hub import snapshot_download
 
-    allowed = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+    allowed = ["*config.json", "*.safetensors", "*model.safetensors.index.json", *(f"*{f}" for f in TOKENIZER_FILES)]
     keys = ("revision", "cache_dir", "token", "local_files_only", "force_download")
     return Path(snapshot_download(name, allow_patterns=allowed, **{k: v for k, v in (hub_kwargs or {}).items()
                                                                    if k in keys and v is not None}))
@@ -848,7 +848,7 @@ def prepare_transformers_checkpoint(name_or_path: str | os.PathLike, kwargs: dic
         raise ConversionError(f"{name_or_path} is in transformers' built-in xLSTM format and is converted with its own "
                               "config; pass hf_xlstm config fields as keyword arguments instead of config=.")
     path = Path(name_or_path)
-    folder = path / kwargs.get("subfolder", "") if path.is_dir() else hub_checkpoint_folder(str(name_or_path), kwargs)
+    folder = (path if path.is_dir() else hub_checkpoint_folder(str(name_or_path), kwargs)) / kwargs.get("subfolder", "")
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
     tconfig, tsd = load_transformers_checkpoint(folder, dtype if isinstance(dtype, torch.dtype) else None)
     fields = set(inspect.signature(xLSTMConfig.__init__).parameters) - {"self", "kwargs"}
