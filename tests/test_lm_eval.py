@@ -127,6 +127,8 @@ def test_local_task_data(tokenizer, tmp_path):
 def test_evaluate_script_and_lm_eval_cli(folders, heldout_file, tmp_path):
     """scripts/evaluate.py writes the results JSON and the model card; the unchanged lm_eval CLI on the same
     folder (remote code, local tasks via --include_path) gives the same numbers."""
+    from huggingface_hub import ModelCard
+
     from hf_xlstm.evaluation import TASKS_DIR
     from hf_xlstm.model_card import write_model_card
 
@@ -148,8 +150,8 @@ def test_evaluate_script_and_lm_eval_cli(folders, heldout_file, tmp_path):
 
     card = (folder / "README.md").read_text()
     assert "| steps | 3 |" in card  # the training table survives
-    from huggingface_hub import ModelCard
-    results = {(r.task_name, r.metric_type): r.metric_value for r in ModelCard.load(folder / "README.md").data.eval_results}
+    card_results = ModelCard.load(folder / "README.md").data.eval_results
+    results = {(r.task_name, r.metric_type): r.metric_value for r in card_results}
     assert results[(None, "perplexity")] == 42.0
     assert results[("xlstm_assoc_recall", "acc")] == summary["xlstm_assoc_recall"]["acc"]
     assert results[("xlstm_heldout_ppl", "bits_per_byte")] == summary["xlstm_heldout_ppl"]["bits_per_byte"]
@@ -177,18 +179,28 @@ def test_evaluate_script_and_lm_eval_cli(folders, heldout_file, tmp_path):
 def test_python_api_model_object_batch_size_invariance(style, folders, tokenizer, heldout_file):
     """lm-eval's Python API with a model object: batched, right-padded requests give
     every request the loglikelihood it gets at batch size 1."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM
 
-    from hf_xlstm.evaluation import evaluate
+    from hf_xlstm.evaluation import evaluate, task_manager
 
     model = AutoModelForCausalLM.from_pretrained(folders[style], trust_remote_code=True).eval()
     shapes = []
     model.register_forward_hook(lambda m, args, kwargs, out: shapes.append((args or [kwargs["input_ids"]])[0].shape),
                                 with_kwargs=True)
 
+    metadata = {"heldout_file": str(heldout_file)}
+
     def run(batch_size):
-        results = evaluate(model, tokenizer, tasks=["xlstm_local"], batch_size=batch_size, limit=6,
-                           log_samples=True, bootstrap_iters=0, metadata={"heldout_file": str(heldout_file)})
+        if style == "paper":  # lm-eval's own API, as in the README
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            results = lm_eval.simple_evaluate(model=lm, tasks=["xlstm_local"], limit=6, log_samples=True,
+                                              bootstrap_iters=0,
+                                              task_manager=task_manager(tokenizer=tokenizer, metadata=metadata))
+        else:  # our wrapper of the same
+            results = evaluate(model, tokenizer, tasks=["xlstm_local"], batch_size=batch_size, limit=6,
+                               log_samples=True, bootstrap_iters=0, metadata=metadata)
         responses = {(task, s["doc_id"]): [r[0] for r in s["resps"]] for task, samples in results["samples"].items()
                      for s in samples}
         return results, responses

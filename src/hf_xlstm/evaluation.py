@@ -168,6 +168,7 @@ def task_manager(tokenizer=None, include_defaults: bool = False, metadata: dict 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub answers (False at once when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)."""
+    import urllib.error
     import urllib.request
 
     from huggingface_hub import constants
@@ -292,7 +293,8 @@ def write_results(results: dict, path: str | Path, model_name: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- model card
-LM_EVAL_SOURCE = {"source_name": "lm-evaluation-harness", "source_url": "https://github.com/EleutherAI/lm-evaluation-harness"}
+LM_EVAL_SOURCE = {"source_name": "lm-evaluation-harness",
+                  "source_url": "https://github.com/EleutherAI/lm-evaluation-harness"}
 _NOT_METRICS = ("sample_len",)
 
 

@@ -108,7 +108,8 @@ def pack_blocks(documents, tokenizer, block_size: int):
     eos = tokenizer.eos_token_id
 
     def pack(batch):
-        ids = list(chain.from_iterable(x + [eos] for x in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]))
+        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        ids = list(chain.from_iterable(x + [eos] for x in encoded))
         blocks = [ids[i: i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
         return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
