@@ -215,6 +215,8 @@ def test_a_tied_hf_model_runs_in_transformers_after_conversion(tmp_path):
     narrow = xLSTMConfig(block_style="large", vocab_size=VOCAB, hidden_size=32, num_blocks=1, num_heads=2)
     with pytest.raises(ConversionError, match="qk_dim_factor gives a width of 16"):
         config_to_transformers(narrow)
+    with pytest.raises(ConversionError, match="output_logit_soft_cap is None"):
+        config_to_transformers(xLSTMConfig(**{**config.to_diff_dict(), "output_logit_soft_cap": None}))
 
 
 def test_paper_models_cannot_go_to_transformers_format(tmp_path):

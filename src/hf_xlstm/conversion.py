@@ -307,6 +307,10 @@ def config_to_transformers(config: xLSTMConfig, weight_mode: str = "single", **o
             # transformers' xLSTMCache sizes its states with dims rounded up to 64, its layers with int(D * factor).
             raise ConversionError(f"{name} gives a width of {size}, not a multiple of 64: transformers' xLSTM cache "
                                   "would not fit its own layers. Such a model can stay in hf_xlstm only.")
+    for name in ("gate_soft_cap", "output_logit_soft_cap"):
+        if getattr(config, name) is None:
+            raise ConversionError(f"{name} is None (no cap): transformers' xLSTMConfig requires a number there, so a "
+                                  "model without that cap cannot be written in its format.")
     ffn_factor, ffn_multiple = _official_factor_for(config.ffn_size, D, config.ffn_proj_factor, config.ffn_round_up_to,
                                                     "ffn_proj_factor")
     kwargs = dict(
