@@ -12,6 +12,7 @@ the Hub accepts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 TEMPLATE_NAME = "xlstm_model_card.md"
+STORED_INPUTS = "model_card.json"
+RESULT_KEY = ("task_type", "task_name", "dataset_type", "dataset_config", "dataset_split", "metric_type",
+              "metric_name")
 EVAL_REQUIRED = ("task_type", "dataset_type", "dataset_name", "metric_type", "metric_value")
 CARD_TAGS = ["xlstm", "hf_xlstm", "recurrent", "mlstm", "custom_code"]
 DEFAULT_LIMITATIONS = (
@@ -118,6 +122,18 @@ def _eval_result(entry) -> EvalResult:
     return EvalResult(**{**entry, "metric_value": float(value)})
 
 
+def _eval_dict(entry) -> dict[str, Any]:
+    result = _eval_result(entry)
+    return {k: v for k, v in dataclasses.asdict(result).items() if v is not None}
+
+
+def _merge_results(old: list[dict], new: list[dict]) -> list[dict]:
+    key = lambda e: tuple(e.get(k) for k in RESULT_KEY)  # noqa: E731
+    merged = {key(e): e for e in old}
+    merged.update({key(e): e for e in new})
+    return list(merged.values())
+
+
 def _format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -149,12 +165,13 @@ def write_model_card(
     repo_id: str | None = None,
     model_name: str | None = None,
     summary: str | None = None,
-    license: str = "apache-2.0",
-    language: str | list[str] | None = "en",
+    license: str | None = None,
+    language: str | list[str] | None = None,
     tags: Sequence[str] = (),
-    prompt: str = "def fibonacci(n):",
+    prompt: str | None = None,
     limitations: str | None = None,
     template: str | Path | None = None,
+    keep_previous: bool = True,
 ) -> ModelCard:
     """Fill the model card template and write it to `folder`/README.md; returns the `ModelCard`.
 
@@ -177,14 +194,34 @@ def write_model_card(
         repo_id: the Hub repo the folder is meant for (the usage snippet loads it); default: the folder name.
         model_name: title and model-index name; default: repo_id's last part.
         summary: one paragraph under the title; default: generated from the architecture.
-        license, language, tags: card metadata (tags are added to the xlstm defaults).
+        license, language, tags: card metadata (default "apache-2.0", "en"; tags are added to the xlstm ones).
         prompt: the prompt in the usage snippet.
         limitations: the Limitations section text.
         template: a Jinja template path; default model_cards/xlstm_model_card.md.
+        keep_previous: the inputs of every call are stored in `folder`/model_card.json; with keep_previous (the
+            default) arguments left None take the stored values and eval_results are added to the stored ones
+            (an entry with the same task, dataset, split and metric is replaced). So the pretraining run, the
+            lm-eval evaluation and push_to_hub (which sets repo_id) each add what they know.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = _config_dict(folder, config)
+    stored_path = folder / STORED_INPUTS
+    stored = json.loads(stored_path.read_text()) if keep_previous and stored_path.is_file() else {}
+    given = dict(training=training, dataset=dataset, source=source, repo_id=repo_id, model_name=model_name,
+                 summary=summary, license=license, language=language, prompt=prompt, limitations=limitations)
+    inputs = {k: v if v is not None else stored.get(k) for k, v in given.items()}
+    inputs["tags"] = list(dict.fromkeys([*stored.get("tags", []), *tags]))
+    inputs["eval_results"] = _merge_results(stored.get("eval_results", []), [_eval_dict(e) for e in eval_results or []])
+    stored_path.write_text(json.dumps(inputs, indent=2, default=str) + "\n")
+    training, dataset, source, repo_id, model_name, summary, prompt, limitations = (
+        inputs[k] for k in ("training", "dataset", "source", "repo_id", "model_name", "summary", "prompt",
+                            "limitations"))
+    license = inputs["license"] or "apache-2.0"
+    language = inputs["language"] or "en"
+    prompt = prompt or "def fibonacci(n):"
+    tags = inputs["tags"]
+    eval_results = inputs["eval_results"]
     repo_id = repo_id or folder.resolve().name
     model_name = model_name or repo_id.split("/")[-1]
     num_parameters = count_parameters(folder)

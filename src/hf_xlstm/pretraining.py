@@ -1,0 +1,505 @@
+"""Pretraining with transformers' Trainer: model from a preset / config file / flags, data through `datasets`
+(a Hub dataset, local files, or the embedded Python standard-library corpus), a tokenizer by name or a byte-level
+BPE trained on the training split, documents packed into fixed-length blocks with a held-out split, and a
+Hub-ready output folder (safetensors, config with auto_map, model code, tokenizer, generation config, model card).
+
+The script scripts/pretrain.py is a thin wrapper around `main`; everything here is importable:
+
+    from hf_xlstm.pretraining import parse_args, run_pretraining
+    model_args, data_args, training_args = parse_args(["--preset", "micro", "--max_steps", "10"])
+    results = run_pretraining(model_args, data_args, training_args)
+
+With no arguments the run trains the "tiny" preset (xLSTM[3:1], 1.5M parameters) on about 3M characters of the standard library's .py files
+for a few minutes on a CPU, prints held-out perplexities (the model and a unigram baseline) and samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import sysconfig
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_dataset
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    HfArgumentParser,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from .configuration_xlstm import xLSTMConfig
+from .model_card import write_model_card
+from .modeling_xlstm import xLSTMForCausalLM
+from .presets import PRESETS, preset_config
+
+EMBEDDED_CORPUS = "python-stdlib"
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+DEFAULT_PROMPTS = ("def ", "import os\n", "class Reader:\n    def __init__(self", "    for i in range(")
+# Directories of the standard library that are tests, vendored packages or platform tools rather than library code.
+STDLIB_SKIP = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "ensurepip", "turtledemo",
+               "__pycache__", "venv", "tkinter", "pydoc_data", "unittest", "distutils", "encodings"}
+FILE_BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json",
+                 ".parquet": "parquet", ".csv": "csv"}
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+@dataclass
+class ModelArguments:
+    """Which model to train: a named preset, a config file, or flags on top of either."""
+
+    preset: str | None = field(default="tiny", metadata={
+        "help": f"Named model size, one of: {', '.join(PRESETS)}. Ignored when --config or --model_name_or_path "
+                "is given."})
+    config: str | None = field(default=None, metadata={"help": "A config.json (or a folder holding one)."})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Start from these weights (a saved hf_xlstm folder or Hub id) instead of a fresh init."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Comma-separated config fields, e.g. 'hidden_size=256,num_blocks=6,slstm_at=[1;3]' "
+                "(lists use ';')."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Overrides the preset's hidden_size."})
+    num_blocks: int | None = field(default=None, metadata={"help": "Overrides the preset's num_blocks."})
+    num_heads: int | None = field(default=None, metadata={"help": "Overrides the preset's num_heads."})
+    slstm_at: str | None = field(default=None, metadata={
+        "help": "sLSTM block indices, e.g. '1,3' ('none': mLSTM only). Overrides the preset."})
+    block_style: str | None = field(default=None, metadata={"help": "'paper' or 'large' (the xLSTM-7B block)."})
+    tokenizer_name: str | None = field(default=None, metadata={
+        "help": "An existing tokenizer (path or Hub id). Default: train a byte-level BPE on the training split."})
+    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the trained BPE tokenizer."})
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes blocks."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset (or a local dataset script)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    train_files: list[str] = field(default_factory=list, metadata={
+        "help": "Local .txt/.md/.py (one document per file), .json/.jsonl, .parquet or .csv files."})
+    validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out files (same types)."})
+    text_column: str = field(default="text", metadata={"help": "Column with the text."})
+    max_corpus_chars: int = field(default=3_000_000, metadata={
+        "help": "Size of the embedded standard-library corpus (characters, before the held-out split)."})
+    max_documents: int | None = field(default=None, metadata={"help": "Use at most this many training documents."})
+    validation_fraction: float = field(default=0.05, metadata={
+        "help": "Fraction of documents held out when the data has no validation split."})
+    block_size: int = field(default=128, metadata={"help": "Tokens per packed training block."})
+    max_eval_blocks: int | None = field(default=256, metadata={"help": "Evaluate on at most this many blocks."})
+    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
+        "help": "Prompts for the sample generations printed at the end."})
+    sample_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults for the CPU default run (all of them can be set as usual)."""
+
+    output_dir: str | None = field(default="outputs/xlstm-tiny-stdlib", metadata={"help": "The Hub-ready folder."})
+    max_steps: int = field(default=700, metadata={"help": "Optimizer steps."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device and step."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per device in evaluation."})
+    learning_rate: float = field(default=4e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (< 1: a fraction of max_steps)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    logging_steps: float = field(default=25, metadata={"help": "Log loss, learning rate and grad norm every N steps."})
+    save_steps: float = field(default=200, metadata={"help": "Write a checkpoint every N steps (for resuming)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    seed: int = field(default=0, metadata={"help": "Random seed (init, data order, sampling)."})
+    dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={
+        "help": "Pin host memory for faster copies to the GPU (off without one)."})
+    bf16_if_available: bool = field(default=True, metadata={
+        "help": "Train in bf16 mixed precision on GPUs that support it (unless --bf16/--fp16 are set)."})
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """(ModelArguments, DataArguments, PretrainingArguments) from command-line style arguments or a .json file."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(argv[0])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if (training_args.bf16_if_available and not training_args.bf16 and not training_args.fp16
+            and not training_args.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        training_args = dataclasses.replace(training_args, bf16=True)
+    return model_args, data_args, training_args
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def stdlib_corpus(max_chars: int = 3_000_000, max_file_chars: int = 60_000) -> list[dict[str, str]]:
+    """Documents from the .py files of this interpreter's standard library: nothing is downloaded.
+
+    Deterministic: files are ordered by a hash of their path relative to the stdlib root (a mix of all modules,
+    not the alphabetically first ones) and taken until `max_chars` characters. Tests, vendored packages and very
+    large files are left out. Returns [{"text": source, "path": relative path}].
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    candidates = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if any(part in STDLIB_SKIP or part.startswith("config-") for part in rel.parts[:-1]):
+            continue
+        if rel.name.startswith("test_"):
+            continue
+        candidates.append((hashlib.sha1(rel.as_posix().encode()).hexdigest(), rel, path))
+    if not candidates:
+        raise RuntimeError(f"No standard-library sources found under {root}; pass --dataset_name or --train_files.")
+    documents, total = [], 0
+    for _, rel, path in sorted(candidates):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if not text.strip() or len(text) > max_file_chars:
+            continue
+        documents.append({"text": text, "path": rel.as_posix()})
+        total += len(text)
+        if total >= max_chars:
+            break
+    return documents
+
+
+def _builder(files: Sequence[str]) -> str:
+    builders = {FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
+    if None in builders or len(builders) != 1:
+        raise ValueError(f"Data files must all have one of the types {sorted(FILE_BUILDERS)} (one type per run), "
+                         f"got {list(files)}.")
+    return builders.pop()
+
+
+def load_documents(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dict[str, Any]]:
+    """DatasetDict(train=..., validation=...) of documents with a "text" column, and a description of the data."""
+    column = data_args.text_column
+    if data_args.dataset_name:
+        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        info = {"hub_id": data_args.dataset_name, "description": f"The Hub dataset `{data_args.dataset_name}`"
+                + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "") + "."}
+    elif data_args.train_files:
+        files = {"train": data_args.train_files}
+        if data_args.validation_files:
+            files["validation"] = data_args.validation_files
+        builder = _builder([f for fs in files.values() for f in fs])
+        kwargs = {"sample_by": "document"} if builder == "text" else {}
+        raw = load_dataset(builder, data_files=files, **kwargs)
+        info = {"description": f"Local {builder} files: {', '.join(Path(f).name for f in data_args.train_files)}."}
+    else:
+        if data_args.validation_files:
+            raise ValueError("--validation_files needs --train_files.")
+        documents = stdlib_corpus(data_args.max_corpus_chars)
+        raw = DatasetDict(train=Dataset.from_list(documents))
+        column = "text"
+        info = {"description": f"Source files (.py) of the Python {sys.version_info.major}.{sys.version_info.minor} "
+                               "standard library that ship with the interpreter (no download); whole files are "
+                               "held out for evaluation."}
+    if "train" not in raw:
+        raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
+    if column not in raw["train"].column_names:
+        raise ValueError(f"Text column {column!r} not in the data (columns: {raw['train'].column_names}); "
+                         "set --text_column.")
+    validation_name = next((s for s in ("validation", "valid", "test") if s in raw), None)
+    train = raw["train"]
+    if validation_name is None:
+        if not 0 < data_args.validation_fraction < 1:
+            raise ValueError(f"--validation_fraction must be in (0, 1), got {data_args.validation_fraction}.")
+        if len(train) < 2:
+            raise ValueError("Need at least 2 documents to hold one out; give more data or --validation_files.")
+        split = train.train_test_split(test_size=data_args.validation_fraction, seed=seed)
+        train, validation = split["train"], split["test"]
+    else:
+        validation = raw[validation_name]
+    if data_args.max_documents is not None:
+        train = train.select(range(min(data_args.max_documents, len(train))))
+    keep = lambda ds: ds.select_columns([column]).rename_column(column, "text") if column != "text" else \
+        ds.select_columns(["text"])  # noqa: E731
+    docs = DatasetDict(train=keep(train), validation=keep(validation))
+    info.update({"training documents": len(docs["train"]), "held-out documents": len(docs["validation"]),
+                 "training characters": sum(len(t) for t in docs["train"]["text"])})
+    return docs, info
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (every byte is representable: no unknown tokens) trained on `texts`, with an
+    end-of-text token (bos = eos) and a pad token, wrapped as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 258 + 2:
+        raise ValueError(f"tokenizer_vocab_size must be at least 260 (256 bytes + specials), got {vocab_size}.")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN], min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
+                                   pad_token=PAD_TOKEN)
+
+
+def pack_documents(documents: Dataset, tokenizer, block_size: int) -> Dataset:
+    """Tokenize, end every document with eos, concatenate and cut into blocks of `block_size` tokens
+    (the tail that does not fill a block is dropped). Columns: input_ids, labels (the same ids)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("The tokenizer has no eos token; packing needs one to separate documents.")
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [x + [eos] for x in ids]}
+
+    def group(batch):
+        ids = list(chain.from_iterable(batch["input_ids"]))
+        n = len(ids) // block_size * block_size
+        blocks = [ids[i: i + block_size] for i in range(0, n, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    tokenized = documents.map(tokenize, batched=True, remove_columns=documents.column_names)
+    return tokenized.map(group, batched=True, batch_size=2000)
+
+
+def unigram_perplexity(train_blocks: Dataset, eval_blocks: Dataset, vocab_size: int) -> float:
+    """Perplexity of an add-one-smoothed unigram model (token frequencies of the training blocks) on the tokens
+    the language model predicts in `eval_blocks` (every position but the first of each block)."""
+    train_ids = np.asarray(train_blocks["input_ids"], dtype=np.int64).ravel()
+    counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts / counts.sum())
+    targets = np.asarray(eval_blocks["input_ids"], dtype=np.int64)[:, 1:].ravel()
+    return float(np.exp(-log_p[targets].mean()))
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def _parse_value(text: str):
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        return [_parse_value(x) for x in text[1:-1].split(";") if x.strip()]
+    if text.lower() in ("none", "null"):
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def config_overrides(model_args: ModelArguments) -> dict[str, Any]:
+    """The config fields set by flags and --config_overrides."""
+    overrides: dict[str, Any] = {}
+    if model_args.config_overrides:
+        for item in model_args.config_overrides.split(","):
+            if "=" not in item:
+                raise ValueError(f"--config_overrides items must be field=value, got {item!r}.")
+            key, value = item.split("=", 1)
+            overrides[key.strip()] = _parse_value(value)
+    for key in ("hidden_size", "num_blocks", "num_heads", "block_style"):
+        if getattr(model_args, key) is not None:
+            overrides[key] = getattr(model_args, key)
+    if model_args.slstm_at is not None:
+        text = model_args.slstm_at.strip().lower()
+        overrides["slstm_at"] = [] if text in ("", "none") else [int(x) for x in text.split(",")]
+    unknown = [k for k in overrides if k not in xLSTMConfig().to_dict()]
+    if unknown:
+        raise ValueError(f"Unknown config fields {unknown}; see xLSTMConfig's docstring for the fields.")
+    return overrides
+
+
+def build_model(model_args: ModelArguments, tokenizer) -> xLSTMForCausalLM:
+    """A fresh model from --config / --preset (+ overrides), or weights from --model_name_or_path. The vocabulary
+    and special token ids follow the tokenizer."""
+    token_ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                     bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    overrides = config_overrides(model_args)
+    if model_args.model_name_or_path:
+        model = xLSTMForCausalLM.from_pretrained(model_args.model_name_or_path, **overrides)
+        if model.config.vocab_size < len(tokenizer):
+            raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size};"
+                             " use the tokenizer the model was trained with (--tokenizer_name).")
+        return model
+    if model_args.config:
+        path = Path(model_args.config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {model_args.config}: no config file there.")
+        fields = json.loads(path.read_text())
+        fields = {k: v for k, v in fields.items() if k not in ("architectures", "auto_map", "model_type",
+                                                                 "transformers_version", "dtype", "torch_dtype")}
+        config = xLSTMConfig(**{**fields, **overrides, **token_ids})
+    elif model_args.preset:
+        config = preset_config(model_args.preset, **{**overrides, **token_ids})
+    else:
+        config = xLSTMConfig(**{**overrides, **token_ids})
+    return xLSTMForCausalLM(config)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def _log(message: str, training_args: TrainingArguments) -> None:
+    if training_args.process_index == 0:
+        print(message, flush=True)
+
+
+def _tokenizer(model_args, docs, training_args, resume_dir: str | None):
+    """Existing tokenizer (--tokenizer_name, a resumed checkpoint's or --model_name_or_path's), else a BPE trained
+    on the training documents. With several processes the first one trains and saves it, the others load it."""
+    source = model_args.tokenizer_name
+    if source is None and resume_dir and (Path(resume_dir) / "tokenizer.json").is_file():
+        source = resume_dir
+    if source is None and model_args.model_name_or_path:
+        source = model_args.model_name_or_path
+    if source is not None:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if tokenizer.eos_token is None:
+            raise ValueError(f"Tokenizer {source} has no eos token; documents need one to be packed.")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    shared = Path(training_args.output_dir) / "tokenizer-trained"
+    with training_args.main_process_first(desc="train the tokenizer", local=False):
+        if training_args.process_index == 0:
+            tokenizer = train_bpe_tokenizer(docs["train"]["text"], model_args.tokenizer_vocab_size)
+            tokenizer.save_pretrained(shared)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(shared)
+    return tokenizer
+
+
+def sample_generations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0) -> list[str]:
+    """One sampled continuation per prompt (the saved generation config's sampling settings, fixed seed)."""
+    model.eval()
+    device = next(model.parameters()).device
+    texts = []
+    for prompt in prompts:
+        torch.manual_seed(seed)
+        inputs = tokenizer(prompt, return_tensors="pt").to(device)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens)
+        texts.append(tokenizer.decode(out[0], skip_special_tokens=True))
+    return texts
+
+
+def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
+                    training_args: PretrainingArguments) -> dict[str, Any]:
+    """Train, evaluate, save the Hub-ready folder; returns the metrics, baseline and samples (also written to
+    `output_dir`/results.json)."""
+    start = time.time()
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume in ("last", "latest", "True", "true"):
+        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no checkpoint-* "
+                             f"folder in {output_dir}.")
+    if resume is not None and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
+
+    docs, data_info = load_documents(data_args, seed=training_args.seed)
+    tokenizer = _tokenizer(model_args, docs, training_args, resume)
+    with training_args.main_process_first(desc="pack documents"):
+        train_blocks = pack_documents(docs["train"], tokenizer, data_args.block_size)
+        eval_blocks = pack_documents(docs["validation"], tokenizer, data_args.block_size)
+    if len(train_blocks) == 0 or len(eval_blocks) == 0:
+        raise ValueError(f"Not enough text for one block of {data_args.block_size} tokens in the "
+                         f"{'training' if len(train_blocks) == 0 else 'held-out'} split; give more data or a "
+                         "smaller --block_size.")
+    if data_args.max_eval_blocks is not None and len(eval_blocks) > data_args.max_eval_blocks:
+        eval_blocks = eval_blocks.select(range(data_args.max_eval_blocks))
+    baseline = unigram_perplexity(train_blocks, eval_blocks, len(tokenizer))
+    data_info.update({"name": data_args.dataset_name or (EMBEDDED_CORPUS if not data_args.train_files else "local"),
+                      "training tokens": len(train_blocks) * data_args.block_size,
+                      "held-out tokens": len(eval_blocks) * data_args.block_size,
+                      "block size": data_args.block_size, "tokenizer": model_args.tokenizer_name
+                      or f"byte-level BPE, {len(tokenizer)} tokens, trained on the training split"})
+
+    model = build_model(model_args, tokenizer)
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=0.8, top_k=40, max_new_tokens=data_args.sample_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    num_params = sum(p.numel() for p in model.parameters())
+    _log(f"model: {num_params / 1e6:.2f}M parameters, blocks {model.config.block_types}, "
+         f"hidden {model.config.hidden_size}, vocab {model.config.vocab_size}", training_args)
+    _log(f"data: {data_info['training documents']} documents, {len(train_blocks)} training blocks and "
+         f"{len(eval_blocks)} held-out blocks of {data_args.block_size} tokens ({time.time() - start:.0f}s)",
+         training_args)
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
+                      processing_class=tokenizer, data_collator=default_data_collator)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    eval_metrics = trainer.evaluate()
+    perplexity = math.exp(eval_metrics["eval_loss"])
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+
+    results = {
+        "eval_loss": eval_metrics["eval_loss"], "perplexity": perplexity, "unigram_perplexity": baseline,
+        "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
+        "train_runtime_s": train_result.metrics.get("train_runtime"), "num_parameters": num_params,
+        "logged_losses": losses,
+    }
+    if trainer.is_world_process_zero():
+        trainer.model.config.use_cache = True  # Trainer turns it off for training; generation wants it on
+        trainer.save_model(str(output_dir))  # safetensors + config (auto_map) + code + generation config
+        tokenizer.save_pretrained(output_dir)
+        samples = sample_generations(trainer.model, tokenizer, data_args.sample_prompts, data_args.sample_new_tokens,
+                                     seed=training_args.seed)
+        results["samples"] = samples
+        training = {
+            "preset": model_args.preset if not (model_args.config or model_args.model_name_or_path) else "-",
+            "steps": trainer.state.global_step,
+            "batch (blocks x tokens)": f"{training_args.per_device_train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps} x {data_args.block_size}",
+            "tokens seen": trainer.state.global_step * training_args.per_device_train_batch_size
+            * training_args.world_size * training_args.gradient_accumulation_steps * data_args.block_size,
+            "optimizer": f"{training_args.optim}, lr {training_args.learning_rate}, {training_args.lr_scheduler_type}"
+                         f" schedule, weight decay {training_args.weight_decay}",
+            "precision": "bf16 mixed" if training_args.bf16 else "fp16 mixed" if training_args.fp16 else "float32",
+            "processes": training_args.world_size,
+            "final training loss": losses[-1][1] if losses else train_result.training_loss,
+            "held-out perplexity (unigram baseline)": f"{perplexity:.2f} ({baseline:.2f})",
+        }
+        eval_results = [{
+            "task_type": "text-generation", "task_name": "Causal language modeling",
+            "dataset_type": data_args.dataset_name or data_info["name"],
+            "dataset_name": data_info["name"], "dataset_split": "validation",
+            "metric_type": "perplexity", "metric_name": "Held-out perplexity", "metric_value": round(perplexity, 4),
+        }]
+        write_model_card(output_dir, config=trainer.model.config, training=training, dataset=data_info,
+                         eval_results=eval_results, prompt=data_args.sample_prompts[0] if data_args.sample_prompts
+                         else "def ")
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        shared = output_dir / "tokenizer-trained"
+        if shared.is_dir():
+            for f in shared.iterdir():
+                f.unlink()
+            shared.rmdir()
+        _log(report(results), training_args)
+        _log(f"saved to {output_dir} ({time.time() - start:.0f}s in all)", training_args)
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"held-out perplexity: {results['perplexity']:.2f}  (unigram baseline on the same tokens: "
+             f"{results['unigram_perplexity']:.2f})"]
+    for text in results.get("samples", []):
+        lines += ["-" * 40, text]
+    lines.append("-" * 40)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run_pretraining(*parse_args(argv))

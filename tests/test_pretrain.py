@@ -1,0 +1,180 @@
+"""Pretraining (hf_xlstm.pretraining, scripts/pretrain.py): presets, the embedded corpus, the tokenizer, packing,
+the unigram baseline, a short Trainer run that leaves a Hub-ready folder, and resuming from a checkpoint."""
+
+import json
+import math
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_xlstm import xLSTMForCausalLM
+from hf_xlstm.presets import PRESETS, preset_config
+from hf_xlstm.pretraining import (
+    ModelArguments,
+    config_overrides,
+    pack_documents,
+    parse_args,
+    run_pretraining,
+    stdlib_corpus,
+    train_bpe_tokenizer,
+    unigram_perplexity,
+)
+from pretrain_run import SHORT_RUN, short_run
+
+CODE_FILES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "remote_code.py", "kernels.py")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return short_run(tmp_path_factory.getbasetemp())
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("name, low, high", [
+    # the paper's counts (untied embeddings): 163.8M, 406.6M, 840.4M, 1422.6M; xLSTM-7B: 6.9B
+    ("xlstm[1:0]-125m", 160e6, 168e6), ("xlstm[7:1]-125m", 160e6, 168e6), ("xlstm[1:0]-350m", 400e6, 415e6),
+    ("xlstm[7:1]-760m", 830e6, 850e6), ("xlstm[1:0]-1.3b", 1.40e9, 1.45e9), ("xlstm-7b", 6.8e9, 7.0e9),
+])
+def test_preset_sizes(name, low, high):
+    config = preset_config(name)
+    with torch.device("meta"):  # shapes only, no memory
+        model = xLSTMForCausalLM(config)
+    n = sum(p.numel() for p in model.parameters())
+    assert low <= n <= high, f"{name}: {n / 1e6:.0f}M parameters"
+    if "[7:1]" in name:
+        assert len(config.slstm_at) * 8 == config.num_blocks and config.slstm_at[0] == 3
+    if "[1:0]" in name:
+        assert config.slstm_at == []
+
+
+def test_every_preset_builds_and_bad_names_say_which_exist():
+    assert {"xlstm[1:0]-125m", "xlstm[7:1]-1.3b", "xlstm-7b", "tiny", "micro"} <= set(PRESETS)
+    for name in PRESETS:
+        preset_config(name, vocab_size=128)
+    assert preset_config("xlstm-7b").block_style == "large"
+    with pytest.raises(ValueError, match="Known presets: .*xlstm-7b"):
+        preset_config("xlstm-3b")
+
+
+def test_config_flags_and_overrides():
+    args = ModelArguments(hidden_size=64, slstm_at="none", config_overrides="num_blocks=3,slstm_at=[0;2],chunk_size=8")
+    assert config_overrides(args) == {"hidden_size": 64, "num_blocks": 3, "slstm_at": [], "chunk_size": 8}
+    assert config_overrides(ModelArguments(config_overrides="slstm_at=[0;2]")) == {"slstm_at": [0, 2]}
+    with pytest.raises(ValueError, match="Unknown config fields"):
+        config_overrides(ModelArguments(config_overrides="hiden_size=3"))
+    with pytest.raises(ValueError, match="field=value"):
+        config_overrides(ModelArguments(config_overrides="hidden_size"))
+
+
+def test_default_arguments_are_the_cpu_run():
+    model_args, data_args, training_args = parse_args([])
+    assert model_args.preset == "tiny" and data_args.dataset_name is None and not data_args.train_files
+    assert training_args.output_dir == "outputs/xlstm-tiny-stdlib" and training_args.max_steps > 0
+    assert training_args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def test_stdlib_corpus_is_deterministic_library_code():
+    docs = stdlib_corpus(max_chars=200_000)
+    assert docs == stdlib_corpus(max_chars=200_000)
+    assert 200_000 <= sum(len(d["text"]) for d in docs) < 200_000 + 60_000
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for doc in docs:
+        path = root / doc["path"]
+        assert path.read_text(encoding="utf-8") == doc["text"]
+        assert "test" not in Path(doc["path"]).parts[:-1] and not Path(doc["path"]).name.startswith("test_")
+    # a mix of packages, not the alphabetically first files
+    assert len({Path(d["path"]).parts[0] for d in docs}) > 3
+
+
+def test_local_text_files(tmp_path):
+    for i in range(6):
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n" + "alpha beta gamma delta\n" * 40)
+    out = tmp_path / "out"
+    results = run_pretraining(*parse_args([
+        *SHORT_RUN, "--train_files", *[str(p) for p in sorted(tmp_path.glob("*.txt"))], "--validation_fraction",
+        "0.2", "--max_steps", "2", "--save_steps", "100", "--output_dir", str(out)]))
+    card = (out / "README.md").read_text()
+    assert "Local text files: doc0.txt" in card and "training documents: 4" in card
+    assert math.isfinite(results["perplexity"])
+
+
+def test_bad_data_arguments_are_named(tmp_path):
+    (tmp_path / "a.xml").write_text("<a/>")
+    with pytest.raises(ValueError, match="must all have one of the types"):
+        run_pretraining(*parse_args([*SHORT_RUN, "--train_files", str(tmp_path / "a.xml"),
+                                     "--output_dir", str(tmp_path / "o")]))
+    with pytest.raises(ValueError, match="smaller --block_size"):
+        run_pretraining(*parse_args([*SHORT_RUN, "--block_size", "100000", "--output_dir", str(tmp_path / "o")]))
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        run_pretraining(*parse_args([*SHORT_RUN, "--max_corpus_chars", "10", "--output_dir", str(tmp_path / "o")]))
+
+
+def test_tokenizer_and_packing():
+    texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.sep)\n", "class A:\n    pass\n"] * 20
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
+    assert len(tokenizer) <= 300 and tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<|pad|>"
+    text = "naïve → ünïcödé bytes\t"  # nothing in training: byte-level, so still lossless
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    docs = Dataset.from_dict({"text": texts[:3]})
+    blocks = pack_documents(docs, tokenizer, block_size=8)
+    stream = list(np.concatenate([tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts[:3]]))
+    n = len(stream) // 8
+    assert blocks["input_ids"] == [stream[i * 8:(i + 1) * 8] for i in range(n)]
+    assert blocks["labels"] == blocks["input_ids"]
+
+
+def test_unigram_perplexity_by_hand():
+    train = Dataset.from_dict({"input_ids": [[0, 0, 1, 2]]})
+    evaluation = Dataset.from_dict({"input_ids": [[3, 0, 1], [1, 2, 2]]})
+    # add-one counts over a vocabulary of 4: token 0 -> 3, 1 -> 2, 2 -> 2, 3 -> 1 (total 8); targets 0 1 2 2
+    nll = -(math.log(3 / 8) + math.log(2 / 8) + 2 * math.log(2 / 8)) / 4
+    assert unigram_perplexity(train, evaluation, vocab_size=4) == pytest.approx(math.exp(nll), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def test_short_run_leaves_a_hub_ready_folder(run):
+    folder, results = run
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "README.md", "results.json", *CODE_FILES):
+        assert (folder / name).is_file(), name
+    assert not list(folder.glob("pytorch_model*.bin"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "hf_xlstm" and config["use_cache"] is True
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_xlstm.xLSTMForCausalLM"
+    tokenizer_vocab = len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
+    assert config["vocab_size"] == tokenizer_vocab <= 300
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == config["eos_token_id"] and generation["do_sample"] is True
+    assert (folder / "checkpoint-3").is_dir() and (folder / "checkpoint-6").is_dir()
+    assert results["global_step"] == 6 and [s for s, _ in results["logged_losses"]] == [1, 2, 3, 4, 5, 6]
+    assert math.isfinite(results["perplexity"]) and math.isfinite(results["unigram_perplexity"])
+    assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
+    assert results["samples"][0].startswith("def ") and len(results["samples"]) == 1
+    assert json.loads((folder / "results.json").read_text())["perplexity"] == results["perplexity"]
+
+
+def test_resume_continues_with_the_same_losses(run, tmp_path):
+    folder, results = run
+    resumed = run_pretraining(*parse_args([*SHORT_RUN, "--output_dir", str(tmp_path),
+                                           "--resume_from_checkpoint", str(folder / "checkpoint-3")]))
+    # the log holds the checkpoint's history (steps 1-3) and the steps trained after resuming (4-6)
+    assert [s for s, _ in resumed["logged_losses"]] == [1, 2, 3, 4, 5, 6]
+    expected = dict(results["logged_losses"])
+    for step, loss in resumed["logged_losses"][3:]:
+        assert abs(loss - expected[step]) <= 1e-5, (step, loss, expected[step])
+    assert abs(resumed["eval_loss"] - results["eval_loss"]) <= 1e-5
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        run_pretraining(*parse_args([*SHORT_RUN, "--output_dir", str(tmp_path / "x"),
+                                     "--resume_from_checkpoint", str(tmp_path / "missing")]))
+
+
+def test_script_is_a_thin_wrapper():
+    script = (Path(__file__).parents[1] / "scripts" / "pretrain.py").read_text()
+    assert "from hf_xlstm.pretraining import main" in script and len(script.splitlines()) < 30
+    assert sys.executable  # the script runs in subprocess tests (test_ddp.py)
