@@ -1,0 +1,163 @@
+"""The Hub side of a pretraining run: the folder loads in a fresh process with only transformers
+(trust_remote_code) and generates; the model card's metadata is what the Hub accepts; push_to_hub --dry-run
+stages exactly the files to upload."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoTokenizer
+
+from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
+from hf_xlstm.model_card import validate_model_card, write_model_card
+from pretrain_run import short_run
+
+ROOT = Path(__file__).parents[1]
+PROMPT = "def run(self"
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockHfXlstm(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_xlstm" or name.startswith("hf_xlstm."):
+                raise ImportError("hf_xlstm is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, BlockHfXlstm())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, prompt = sys.argv[1], sys.argv[2]
+    # AutoTokenizer reads config.json too, so it also needs trust_remote_code for a custom model type
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    inputs = tokenizer([prompt], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    print(json.dumps({"ids": out[0].tolist(), "text": tokenizer.decode(out[0])}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return short_run(tmp_path_factory.getbasetemp())
+
+
+def test_fresh_process_loads_with_transformers_only_and_generates(run, tmp_path):
+    folder, _ = run
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), PROMPT], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    # the same greedy tokens as the model loaded here through hf_xlstm
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = xLSTMForCausalLM.from_pretrained(folder).eval()
+    inputs = tokenizer([PROMPT], return_tensors="pt")
+    expected = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0].tolist()
+    assert fresh["ids"] == expected
+    assert len(fresh["ids"]) == inputs["input_ids"].shape[1] + 12 and fresh["text"].startswith(PROMPT)
+
+
+def test_model_card_metadata_of_the_run(run):
+    folder, results = run
+    card = validate_model_card(folder)  # strict parse: metadata, model-index
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
+    assert data.license == "apache-2.0" and "xlstm" in data.tags and "custom_code" in data.tags
+    (result,) = data.eval_results
+    assert result.metric_type == "perplexity" and result.dataset_split == "validation"
+    assert result.metric_value == pytest.approx(results["perplexity"], abs=1e-4)
+    assert result.dataset_name == "python-stdlib" and data.model_name == folder.name
+    text = card.text
+    assert f"{results['unigram_perplexity']:.2f}" in text  # the baseline, in the training table
+    assert "xLSTM[1:1]" in text and "trust_remote_code=True" in text
+    assert json.loads((folder / "model_card.json").read_text())["eval_results"][0]["metric_type"] == "perplexity"
+
+
+def test_model_card_from_evaluation_and_conversion(tmp_path):
+    config = xLSTMConfig(vocab_size=64, hidden_size=32, num_blocks=2, num_heads=2, block_style="large")
+    torch.manual_seed(0)
+    xLSTMForCausalLM(config).save_pretrained(tmp_path)
+    write_model_card(tmp_path, training={"steps": 5}, eval_results=[
+        {"task_type": "text-generation", "dataset_type": "wikitext", "dataset_name": "WikiText", "metric_type":
+         "perplexity", "metric_value": 30.5}])
+    # a later call (e.g. lm-eval results) adds results and keeps the rest; the same key replaces a value
+    card = write_model_card(tmp_path, source="NX-AI/xLSTM-7b", repo_id="me/x", eval_results=[
+        {"task_type": "text-generation", "dataset_type": "wikitext", "dataset_name": "WikiText", "metric_type":
+         "perplexity", "metric_value": 29.0},
+        {"task_type": "multiple-choice", "task_name": "arc_easy", "dataset_type": "allenai/ai2_arc",
+         "dataset_name": "ARC-Easy", "dataset_config": "ARC-Easy", "dataset_split": "test", "metric_type": "acc",
+         "metric_value": 0.42, "source_name": "lm-evaluation-harness",
+         "source_url": "https://github.com/EleutherAI/lm-evaluation-harness"}])
+    parsed = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
+    assert parsed.data.base_model == "NX-AI/xLSTM-7b" and parsed.data.model_name == "x"
+    assert {(r.metric_type, r.metric_value) for r in parsed.data.eval_results} == {("perplexity", 29.0),
+                                                                                ("acc", 0.42)}
+    assert "| steps | 5 |" in card.text and 'from_pretrained("me/x"' in card.text
+    assert "xLSTM-7B (mLSTM blocks with SwiGLU feed-forward)" in card.text
+    n = sum(p.numel() for p in xLSTMForCausalLM(config).parameters())
+    assert f"({n:,})" in card.text  # counted from the safetensors headers
+    with pytest.raises(ValueError, match="lacks \\['metric_value'\\]"):
+        write_model_card(tmp_path, eval_results=[{"task_type": "t", "dataset_type": "d", "dataset_name": "d",
+                                                  "metric_type": "acc"}])
+    with pytest.raises(ValueError, match="finite number"):
+        write_model_card(tmp_path, eval_results=[{"task_type": "t", "dataset_type": "d", "dataset_name": "d",
+                                                  "metric_type": "acc", "metric_value": float("nan")}])
+
+
+def test_validation_rejects_broken_metadata(tmp_path):
+    good = "---\nlicense: mit\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n# m\n"
+    validate_model_card(ModelCard(good))
+    broken_index = good.replace("---\n# m", "model-index:\n- name: m\n  results:\n  - task:\n      type: t\n"
+                                           "    metrics:\n    - type: acc\n      value: 1\n---\n# m")
+    (tmp_path / "broken.md").write_text(broken_index)
+    with pytest.raises((ValueError, KeyError)):
+        validate_model_card(tmp_path / "broken.md")  # the result names no dataset
+    with pytest.raises(ValueError, match="lacks 'pipeline_tag'"):
+        validate_model_card(ModelCard(good.replace("pipeline_tag: text-generation\n", "")))
+    with pytest.raises(ValueError, match="no YAML metadata"):
+        (tmp_path / "README.md").write_text("# no metadata\n")
+        validate_model_card(tmp_path)
+
+
+def test_push_dry_run_stages_exactly_the_upload(run, tmp_path):
+    folder, results = run
+    stage = tmp_path / "stage"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": ""}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "push_to_hub.py"), str(folder), "--repo-id", "someone/xlstm-micro",
+         "--dry-run", "--stage", str(stage)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    staged = sorted(p.name for p in stage.iterdir())
+    expected = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "training_args.bin")
+    assert staged == expected
+    assert "model.safetensors" in staged and "modeling_xlstm.py" in staged and "README.md" in staged
+    listed = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert listed == staged
+    assert "would upload" in result.stdout and "https://huggingface.co/someone/xlstm-micro" in result.stdout
+    card = validate_model_card(stage)
+    assert 'from_pretrained("someone/xlstm-micro"' in card.text and card.data.model_name == "xlstm-micro"
+    assert card.data.eval_results[0].metric_value == pytest.approx(results["perplexity"], abs=1e-4)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (stage / name).read_bytes() == (folder / name).read_bytes()
+
+
+
+def test_push_refuses_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("push_to_hub", ROOT / "scripts" / "push_to_hub.py")
+    push = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(push)
+    (tmp_path / "empty").mkdir()
+    assert push.main([str(tmp_path / "empty"), "--repo-id", "a/b", "--dry-run"]) == 2
+    assert "missing config.json" in capsys.readouterr().err
