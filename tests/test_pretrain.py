@@ -155,6 +155,7 @@ def test_short_run_leaves_a_hub_ready_folder(run):
     assert results["global_step"] == 6 and [s for s, _ in results["logged_losses"]] == [1, 2, 3, 4, 5, 6]
     assert math.isfinite(results["perplexity"]) and math.isfinite(results["unigram_perplexity"])
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
+    assert results["stopped_by_time_limit"] is False
     assert results["samples"][0].startswith("def ") and len(results["samples"]) == 1
     assert json.loads((folder / "results.json").read_text())["perplexity"] == results["perplexity"]
 
@@ -178,3 +179,12 @@ def test_script_is_a_thin_wrapper():
     script = (Path(__file__).parents[1] / "scripts" / "pretrain.py").read_text()
     assert "from hf_xlstm.pretraining import main" in script and len(script.splitlines()) < 30
     assert sys.executable  # the script runs in subprocess tests (test_ddp.py)
+
+
+def test_cpu_time_limit_stops_training_and_says_so(tmp_path, capsys):
+    results = run_pretraining(*parse_args([*SHORT_RUN, "--cpu_time_limit_minutes", "1e-6", "--save_steps", "100",
+                                           "--output_dir", str(tmp_path)]))
+    assert results["stopped_by_time_limit"] and results["global_step"] == 1
+    assert "time limit: training stopped at step 1 of 6" in capsys.readouterr().out
+    assert "stopped by the CPU time limit" in (tmp_path / "README.md").read_text()
+    assert math.isfinite(results["perplexity"])  # evaluated and saved all the same

@@ -37,6 +37,7 @@ from transformers import (
     HfArgumentParser,
     PreTrainedTokenizerFast,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     default_data_collator,
     set_seed,
@@ -127,6 +128,10 @@ class PretrainingArguments(TrainingArguments):
         "help": "Pin host memory for faster copies to the GPU (off without one)."})
     bf16_if_available: bool = field(default=True, metadata={
         "help": "Train in bf16 mixed precision on GPUs that support it (unless --bf16/--fp16 are set)."})
+    cpu_time_limit_minutes: float = field(default=8.0, metadata={
+        "help": "Training on a CPU (no GPU in use) stops once the run has taken this many minutes, so the default "
+                "run ends within 10 minutes on a slow or busy machine; the stop is reported. 0: no limit. "
+                "Never applies to GPU runs."})
 
 
 def parse_args(argv: Sequence[str] | None = None):
@@ -380,6 +385,22 @@ def _tokenizer(model_args, docs, training_args, resume_dir: str | None):
     return tokenizer
 
 
+class TimeLimit(TrainerCallback):
+    """Stops training once `seconds` have passed since `start` (all processes stop at the same step)."""
+
+    def __init__(self, start: float, seconds: float):
+        self.start, self.seconds, self.stopped_at = start, seconds, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        over = torch.tensor([float(time.time() - self.start > self.seconds)])
+        if args.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)  # the slowest clock decides
+        if over.item() and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
 def sample_generations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0) -> list[str]:
     """One sampled continuation per prompt (the saved generation config's sampling settings, fixed seed)."""
     model.eval()
@@ -439,8 +460,11 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
          f"{len(eval_blocks)} held-out blocks of {data_args.block_size} tokens ({time.time() - start:.0f}s)",
          training_args)
 
+    time_limit = TimeLimit(start, training_args.cpu_time_limit_minutes * 60) if (
+        training_args.cpu_time_limit_minutes > 0 and training_args.device.type == "cpu") else None
     trainer = Trainer(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
-                      processing_class=tokenizer, data_collator=default_data_collator)
+                      processing_class=tokenizer, data_collator=default_data_collator,
+                      callbacks=[time_limit] if time_limit else None)
     train_result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate()
     perplexity = math.exp(eval_metrics["eval_loss"])
@@ -451,7 +475,12 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
         "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
         "train_runtime_s": train_result.metrics.get("train_runtime"), "num_parameters": num_params,
         "logged_losses": losses,
+        "stopped_by_time_limit": bool(time_limit and time_limit.stopped_at),
     }
+    if time_limit and time_limit.stopped_at:
+        _log(f"time limit: training stopped at step {time_limit.stopped_at} of {training_args.max_steps} after "
+             f"{training_args.cpu_time_limit_minutes:g} minutes (--cpu_time_limit_minutes; 0 turns it off)",
+             training_args)
     if trainer.is_world_process_zero():
         trainer.model.config.use_cache = True  # Trainer turns it off for training; generation wants it on
         trainer.save_model(str(output_dir))  # safetensors + config (auto_map) + code + generation config
@@ -461,7 +490,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
         results["samples"] = samples
         training = {
             "preset": model_args.preset if not (model_args.config or model_args.model_name_or_path) else "-",
-            "steps": trainer.state.global_step,
+            "steps": trainer.state.global_step if not results["stopped_by_time_limit"] else
+            f"{trainer.state.global_step} (of {training_args.max_steps}: stopped by the CPU time limit)",
             "batch (blocks x tokens)": f"{training_args.per_device_train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps} x {data_args.block_size}",
             "tokens seen": trainer.state.global_step * training_args.per_device_train_batch_size
             * training_args.world_size * training_args.gradient_accumulation_steps * data_args.block_size,
