@@ -36,15 +36,18 @@ DEFAULT_LIMITATIONS = (
 
 
 def template_path() -> Path:
-    """The default template: model_cards/xlstm_model_card.md at the project root."""
-    root = Path(__file__).resolve().parents[2]
-    path = root / "model_cards" / TEMPLATE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Model card template {path} not found. Pass template=<path to a Jinja model card template> to "
-            "write_model_card, or run from a source checkout of hf_xlstm (pip install -e .)."
-        )
-    return path
+    """The default template, model_cards/xlstm_model_card.md: in the source checkout this package was installed
+    from (pip install -e .), else in the current directory's model_cards/."""
+    candidates = [Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME,
+                  Path.cwd() / "model_cards" / TEMPLATE_NAME]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"Model card template {TEMPLATE_NAME} not found (looked in {', '.join(str(p.parent) for p in candidates)}). "
+        "Install hf_xlstm from its source checkout (pip install -e .), run from the checkout's root, or pass "
+        "template=<path to a Jinja model card template>."
+    )
 
 
 def _config_dict(folder: Path, config) -> dict[str, Any]:
@@ -135,6 +138,8 @@ def _merge_results(old: list[dict], new: list[dict]) -> list[dict]:
 
 
 def _format_value(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):

@@ -45,7 +45,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_xlstm import xLSTMConfig
-from .model_card import write_model_card
+from .model_card import template_path, write_model_card
 from .modeling_xlstm import xLSTMForCausalLM
 from .presets import PRESETS, preset_config
 
@@ -124,6 +124,8 @@ class PretrainingArguments(TrainingArguments):
     save_steps: float = field(default=200, metadata={"help": "Write a checkpoint every N steps (for resuming)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     seed: int = field(default=0, metadata={"help": "Random seed (init, data order, sampling)."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "DDP: every xLSTM parameter takes part in every forward, so no search for unused ones."})
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={
         "help": "Pin host memory for faster copies to the GPU (off without one)."})
     bf16_if_available: bool = field(default=True, metadata={
@@ -142,6 +144,10 @@ def parse_args(argv: Sequence[str] | None = None):
         model_args, data_args, training_args = parser.parse_json_file(argv[0])
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.fsdp and training_args.device.type == "cpu":
+        # accelerate only shards on accelerators; on a CPU the flag would be dropped and DDP run instead.
+        raise ValueError("--fsdp needs GPUs (accelerate ignores it on CPUs and would silently run DDP). On CPUs, "
+                         "launch with torchrun/accelerate without --fsdp for data-parallel training.")
     if (training_args.bf16_if_available and not training_args.bf16 and not training_args.fp16
             and not training_args.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         training_args = dataclasses.replace(training_args, bf16=True)
@@ -355,6 +361,10 @@ def build_model(model_args: ModelArguments, tokenizer) -> xLSTMForCausalLM:
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def _name(option) -> str:
+    return str(getattr(option, "value", option))  # TrainingArguments turns some strings into enums
+
+
 def _log(message: str, training_args: TrainingArguments) -> None:
     if training_args.process_index == 0:
         print(message, flush=True)
@@ -431,6 +441,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
     if resume is not None and not Path(resume).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
 
+    template_path()  # fail now, not after training, if the model card template cannot be found
     docs, data_info = load_documents(data_args, seed=training_args.seed)
     tokenizer = _tokenizer(model_args, docs, training_args, resume)
     with training_args.main_process_first(desc="pack documents"):
@@ -495,8 +506,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
             "batch (blocks x tokens)": f"{training_args.per_device_train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps} x {data_args.block_size}",
             "tokens seen": trainer.state.global_step * training_args.per_device_train_batch_size
             * training_args.world_size * training_args.gradient_accumulation_steps * data_args.block_size,
-            "optimizer": f"{training_args.optim}, lr {training_args.learning_rate}, {training_args.lr_scheduler_type}"
-                         f" schedule, weight decay {training_args.weight_decay}",
+            "optimizer": f"{_name(training_args.optim)}, lr {training_args.learning_rate}, "
+                         f"{_name(training_args.lr_scheduler_type)} schedule, weight decay {training_args.weight_decay}",
             "precision": "bf16 mixed" if training_args.bf16 else "fp16 mixed" if training_args.fp16 else "float32",
             "processes": training_args.world_size,
             "final training loss": losses[-1][1] if losses else train_result.training_loss,
