@@ -3,6 +3,7 @@ the unigram baseline, a short Trainer run that leaves a Hub-ready folder, and re
 
 import json
 import math
+import shutil
 import sys
 import sysconfig
 from pathlib import Path
@@ -173,6 +174,20 @@ def test_resume_continues_with_the_same_losses(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         run_pretraining(*parse_args([*SHORT_RUN, "--output_dir", str(tmp_path / "x"),
                                      "--resume_from_checkpoint", str(tmp_path / "missing")]))
+
+
+def test_resume_last_finds_the_newest_checkpoint(run, tmp_path):
+    folder, results = run
+    copy = tmp_path / "interrupted"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(copy / "checkpoint-6")  # as if the run had stopped after the checkpoint at step 3
+    resumed = run_pretraining(*parse_args([*SHORT_RUN, "--output_dir", str(copy), "--resume_from_checkpoint", "last"]))
+    assert resumed["global_step"] == 6
+    for (step, loss), (step_0, loss_0) in zip(resumed["logged_losses"], results["logged_losses"], strict=True):
+        assert step == step_0 and abs(loss - loss_0) <= 1e-5
+    with pytest.raises(ValueError, match="no checkpoint-\\* folder"):
+        run_pretraining(*parse_args([*SHORT_RUN, "--output_dir", str(tmp_path / "empty"),
+                                     "--resume_from_checkpoint", "last"]))
 
 
 def test_script_is_a_thin_wrapper():
