@@ -203,3 +203,53 @@ def test_cpu_time_limit_stops_training_and_says_so(tmp_path, capsys):
     assert "time limit: training stopped at step 1 of 6" in capsys.readouterr().out
     assert "stopped by the CPU time limit" in (tmp_path / "README.md").read_text()
     assert math.isfinite(results["perplexity"])  # evaluated and saved all the same
+
+
+def _typed(text):
+    if text in ("true", "false"):
+        return text == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def test_dataset_folder_config_file_and_json_arguments(run, tmp_path):
+    folder, _ = run
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = lambda n: "".join(json.dumps({"content": f"def f{i}(x):\n    return x * {i}\n" * 8}) + "\n"  # noqa: E731
+                              for i in range(n))
+    (data / "train.jsonl").write_text(lines(12))
+    (data / "validation.jsonl").write_text(lines(3))
+    # a dataset by name (here a local folder with train/validation files), the model from a config file plus a
+    # flag, the tokenizer of the short run, all from a JSON arguments file
+    arguments = dict(zip(SHORT_RUN[::2], SHORT_RUN[1::2]))
+    arguments = {k.lstrip("-"): _typed(v) for k, v in arguments.items() if k not in ("--preset", "--sample_prompts")}
+    arguments.update(dataset_name=str(data), text_column="content", config=str(folder / "config.json"),
+                     num_blocks=1, slstm_at="none", tokenizer_name=str(folder), max_steps=2,
+                     output_dir=str(tmp_path / "out"), sample_prompts=["def "])
+    (tmp_path / "args.json").write_text(json.dumps(arguments))
+    results = run_pretraining(*parse_args([str(tmp_path / "args.json")]))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    source = json.loads((folder / "config.json").read_text())
+    assert config["num_blocks"] == 1 and config["slstm_at"] == [] and config["hidden_size"] == source["hidden_size"]
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "training documents: 12" in card and "held-out documents: 3" in card
+    assert math.isfinite(results["perplexity"])
+
+
+def test_continue_from_saved_weights(run, tmp_path):
+    from safetensors.torch import load_file
+
+    folder, _ = run
+    out = tmp_path / "continued"
+    # learning rate 0: one step leaves the loaded weights as they were; the tokenizer comes with the model
+    run_pretraining(*parse_args([*SHORT_RUN, "--model_name_or_path", str(folder), "--max_steps", "1",
+                                 "--learning_rate", "0", "--weight_decay", "0", "--output_dir", str(out)]))
+    before, after = load_file(folder / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (out / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
