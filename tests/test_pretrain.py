@@ -75,7 +75,11 @@ def test_config_flags_and_overrides():
 def test_default_arguments_are_the_cpu_run():
     model_args, data_args, training_args = parse_args([])
     assert model_args.preset == "tiny" and data_args.dataset_name is None and not data_args.train_files
-    assert training_args.output_dir == "outputs/xlstm-tiny-stdlib" and training_args.max_steps > 0
+    # the values the README describes for the main job
+    assert training_args.output_dir == "outputs/xlstm-tiny-stdlib" and training_args.max_steps == 700
+    assert training_args.per_device_train_batch_size == 16 and data_args.block_size == 128
+    assert model_args.tokenizer_vocab_size == 4096 and data_args.max_corpus_chars == 3_000_000
+    assert training_args.cpu_time_limit_minutes == 8 and PRESETS["tiny"]["slstm_at"] == [1]
     assert training_args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
