@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_config
 from ddp_worker import model_and_batch, sgd_step
+from hf_xlstm import xLSTMForCausalLM
 from pretrain_run import SHORT_RUN
 
 ROOT = Path(__file__).parents[1]
@@ -66,18 +68,13 @@ def test_fsdp_on_cpu_is_refused_not_silently_dropped():
         parse_args([*SHORT_RUN, "--fsdp", "full_shard", "--output_dir", "unused"])
 
 
-def test_fsdp_wraps_the_block_classes_the_model_has(monkeypatch, tmp_path):
-    from transformers import TrainingArguments
+def test_fsdp_wraps_the_block_classes_the_model_has():
+    """accelerate's default FSDP wrap reads `_no_split_modules` and refuses a class the model lacks."""
+    from accelerate.utils.dataclasses import get_module_class_from_name
 
-    from hf_xlstm.pretraining import fsdp_wrap_blocks
-
-    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # TrainingArguments sets it for FSDP
     model, _ = model_and_batch()  # paper xLSTM[1:1]: an mLSTM and an sLSTM block, no xLSTM-7B block
-    args = TrainingArguments(output_dir=str(tmp_path), fsdp=True, fsdp_config={"version": 2}, report_to=[])
-    assert fsdp_wrap_blocks(args, model) == ["mLSTMBlock", "sLSTMBlock"]
-    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "mLSTMBlock,sLSTMBlock"
-    named = TrainingArguments(output_dir=str(tmp_path), fsdp=True, report_to=[],
-                              fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["sLSTMBlock"]})
-    assert fsdp_wrap_blocks(named, model) is None  # the user's choice stays
-    assert named.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "sLSTMBlock"
-    assert fsdp_wrap_blocks(TrainingArguments(output_dir=str(tmp_path), report_to=[]), model) is None
+    assert model._no_split_modules == {"mLSTMBlock", "sLSTMBlock"}
+    for name in model._no_split_modules:
+        assert get_module_class_from_name(model, name) is not None
+    large = xLSTMForCausalLM(tiny_config("large"))
+    assert large._no_split_modules == {"xLSTMLargeBlock"}

@@ -36,16 +36,18 @@ DEFAULT_LIMITATIONS = (
 
 
 def template_path() -> Path:
-    """The default template, model_cards/xlstm_model_card.md: in the source checkout this package was installed
-    from (pip install -e .), else in the current directory's model_cards/."""
-    candidates = [Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME,
+    """The default template, model_cards/xlstm_model_card.md: inside the installed package (a wheel ships
+    model_cards/ as hf_xlstm/model_cards), in the source checkout (pip install -e .), else in the current
+    directory's model_cards/."""
+    here = Path(__file__).resolve().parent
+    candidates = [here / "model_cards" / TEMPLATE_NAME, here.parents[1] / "model_cards" / TEMPLATE_NAME,
                   Path.cwd() / "model_cards" / TEMPLATE_NAME]
     for path in candidates:
         if path.is_file():
             return path
     raise FileNotFoundError(
         f"Model card template {TEMPLATE_NAME} not found (looked in {', '.join(str(p.parent) for p in candidates)}). "
-        "Install hf_xlstm from its source checkout (pip install -e .), run from the checkout's root, or pass "
+        "Reinstall hf_xlstm (its wheel ships the template), run from the checkout's root, or pass "
         "template=<path to a Jinja model card template>."
     )
 

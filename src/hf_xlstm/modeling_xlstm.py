@@ -353,7 +353,9 @@ class xLSTMPreTrainedModel(PreTrainedModel):
     config_class = xLSTMConfig
     config: xLSTMConfig
     base_model_prefix = "backbone"
-    _no_split_modules = ["mLSTMBlock", "sLSTMBlock", "xLSTMLargeBlock"]
+    # Set per instance to the block classes the model has (xLSTMModel.__init__): accelerate's FSDP auto-wrap
+    # refuses a class name it cannot find in the model.
+    _no_split_modules = None
     supports_gradient_checkpointing = True
     _is_stateful = True
 
@@ -434,6 +436,7 @@ class xLSTMModel(xLSTMPreTrainedModel):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList([build_block(config, i) for i in range(config.num_blocks)])
+        self._no_split_modules = {type(block).__name__ for block in self.blocks}
         norm_cls = RMSNorm if config.block_style == "large" else LayerNorm
         self.norm = norm_cls(config.hidden_size, eps=config.norm_eps)
         self.gradient_checkpointing = False

@@ -395,20 +395,6 @@ def _tokenizer(model_args, docs, training_args, resume_dir: str | None):
     return tokenizer
 
 
-def fsdp_wrap_blocks(training_args: TrainingArguments, model: xLSTMForCausalLM) -> list[str] | None:
-    """With FSDP's transformer-based wrap and no classes named, wrap each block: name the block classes this model
-    has. (accelerate's default reads `_no_split_modules`, which lists all three block classes, and refuses a model
-    that lacks one of them.) Returns the class names, or None when nothing was changed."""
-    plugin = training_args.fsdp_plugin_args
-    if not plugin or plugin.get("auto_wrap_policy") != "TRANSFORMER_BASED_WRAP" or \
-            plugin.get("transformer_cls_names_to_wrap"):
-        return None
-    names = sorted({type(block).__name__ for block in model.backbone.blocks})
-    plugin["transformer_cls_names_to_wrap"] = ",".join(names)
-    training_args.fsdp_config["transformer_layer_cls_to_wrap"] = names
-    return names
-
-
 class TimeLimit(TrainerCallback):
     """Stops training once `seconds` have passed since `start` (all processes stop at the same step)."""
 
@@ -485,7 +471,6 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
          f"{len(eval_blocks)} held-out blocks of {data_args.block_size} tokens ({time.time() - start:.0f}s)",
          training_args)
 
-    fsdp_wrap_blocks(training_args, model)
     time_limit = TimeLimit(start, training_args.cpu_time_limit_minutes * 60) if (
         training_args.cpu_time_limit_minutes > 0 and training_args.device.type == "cpu") else None
     trainer = Trainer(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
