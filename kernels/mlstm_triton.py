@@ -36,7 +36,6 @@ three kernels) and the sequential state kernels; L=128 and 4 warps were slower.
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
