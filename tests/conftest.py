@@ -14,6 +14,20 @@ from hf_xlstm import xLSTMConfig, xLSTMForCausalLM  # noqa: E402
 
 VOCAB = 97
 
+# Prelude for scripts run in a fresh interpreter in which hf_xlstm cannot be imported at all: what a user with
+# only transformers installed has (a saved folder must be self-contained for the remote-code loader).
+WITHOUT_HF_XLSTM = """
+import importlib.abc, json, sys
+
+class BlockHfXlstm(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_xlstm" or name.startswith("hf_xlstm."):
+            raise ImportError("hf_xlstm is blocked in this process")
+        return None
+
+sys.meta_path.insert(0, BlockHfXlstm())
+"""
+
 
 def tiny_config(style: str, **overrides) -> xLSTMConfig:
     """Tiny configs used across the model tests: a paper xLSTM[1:1] (one mLSTM, one sLSTM block) and the

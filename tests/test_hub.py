@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import WITHOUT_HF_XLSTM
 from huggingface_hub import ModelCard
 from transformers import AutoTokenizer
 
@@ -22,17 +24,8 @@ from pretrain_run import short_run
 ROOT = Path(__file__).parents[1]
 PROMPT = "def run(self"
 
-FRESH_PROCESS = textwrap.dedent(
+FRESH_PROCESS = WITHOUT_HF_XLSTM + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockHfXlstm(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_xlstm" or name.startswith("hf_xlstm."):
-                raise ImportError("hf_xlstm is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, BlockHfXlstm())
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, prompt = sys.argv[1], sys.argv[2]

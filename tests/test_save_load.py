@@ -8,7 +8,7 @@ import textwrap
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import VOCAB, tiny_model
+from conftest import VOCAB, WITHOUT_HF_XLSTM, tiny_model
 from hf_xlstm import xLSTMForCausalLM
 
 
@@ -29,17 +29,8 @@ def test_save_and_load_in_process(style, tmp_path):
 
 # Runs in a fresh interpreter in which hf_xlstm cannot be imported at all: the saved folder must be
 # self-contained for transformers' remote-code loader.
-FRESH_PROCESS = textwrap.dedent(
+FRESH_PROCESS = WITHOUT_HF_XLSTM + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockHfXlstm(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_xlstm" or name.startswith("hf_xlstm."):
-                raise ImportError("hf_xlstm is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, BlockHfXlstm())
     import torch
     from transformers import AutoModelForCausalLM
 
