@@ -16,6 +16,9 @@ from hf_xlstm import xLSTMConfig
         ("backend", "cuda_tfla"),
         ("block_style", "transformer"),
         ("slstm_at", [30]),
+        ("slstm_at", "1,3"),
+        ("slstm_at", [1.5]),
+        ("slstm_at", 3),
         ("norm_eps", 0.0),
         ("mlstm_eps", -1e-6),
         ("conv_kernel_size", 0),
@@ -67,3 +70,7 @@ def test_sizes_follow_the_factors():
     assert paper.slstm_ffn_size == 128
     large = xLSTMConfig(block_style="large", hidden_size=4096, num_heads=8, ffn_proj_factor=2.667)
     assert (large.qk_size, large.v_size, large.ffn_size) == (2048, 4096, 10944)
+
+
+def test_slstm_at_none_means_no_slstm_block():
+    assert xLSTMConfig(num_blocks=3, slstm_at=None).block_types == ["mlstm"] * 3

@@ -134,6 +134,8 @@ def test_bad_inputs_give_clear_errors(style):
         model(ids, past_key_values=DynamicCache())
     with pytest.raises(ValueError, match="exactly one"):
         model()
+    with pytest.raises(ValueError, match="sequence length 0"):
+        model(torch.zeros(1, 0, dtype=torch.long))
     # with a cache of 6 tokens, the mask may cover the new tokens or everything seen so far
     assert model(ids[:, :1], past_key_values=cache, attention_mask=torch.ones(2, 7, dtype=torch.long)).logits.shape[1] == 1
     assert isinstance(cache, xLSTMCache) and cache.get_seq_length() == 7

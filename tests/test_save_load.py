@@ -45,6 +45,10 @@ FRESH_PROCESS = WITHOUT_HF_XLSTM + textwrap.dedent(
         assert os.path.exists(os.path.join(module_dir, name)), name
     torch.save(model(ids).logits, folder + "/fresh_logits.pt")
     generated = model.generate(ids, max_new_tokens=3, do_sample=False)
+    # a model loaded from remote code saves again (e.g. Trainer checkpoints of a Hub model) and reloads the same
+    model.save_pretrained(folder + "/resaved")
+    again = AutoModelForCausalLM.from_pretrained(folder + "/resaved", trust_remote_code=True)
+    assert torch.equal(again(ids).logits, model(ids).logits)
     print(json.dumps(generated.tolist()))
     """
 )

@@ -21,6 +21,18 @@ def round_up(value: float, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
+def _block_indices(value) -> list[int]:
+    """slstm_at as a sorted list of ints (None: no sLSTM block)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"xLSTMConfig.slstm_at must be a list of block indices (e.g. [3, 20]), got {value!r}.")
+    indices = list(value)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        raise ValueError(f"xLSTMConfig.slstm_at must hold integer block indices, got {value!r}.")
+    return sorted(indices)
+
+
 class xLSTMConfig(PretrainedConfig):
     r"""
     Configuration of an xLSTM language model (Beck et al., 2024) in either block style.
@@ -108,7 +120,7 @@ class xLSTMConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.num_blocks = num_blocks
         self.num_heads = num_heads
-        self.slstm_at = sorted(int(i) for i in slstm_at)
+        self.slstm_at = _block_indices(slstm_at)
         self.block_style = block_style
         self.chunk_size = chunk_size
         self.backend = backend

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,6 @@ LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
 }
 # Block-diagonal (HeadwiseLinear) maps of the paper blocks, and the gate projections that share their names.
 BLOCKDIAGONAL_MODULES = ("q_proj", "k_proj", "v_proj", "igate", "fgate", "zgate", "ogate")
-TEXT_EXTENSIONS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json",
-                   ".csv": "csv", ".parquet": "parquet"}
 
 
 def lora_target_modules(config) -> list[str]:
@@ -74,6 +71,8 @@ def load_text_documents(train_files: Sequence[str] | None = None, dataset_name: 
     file; .json/.jsonl/.csv/.parquet: rows with `text_column`) or a `datasets` dataset by name."""
     from datasets import Dataset, load_dataset
 
+    from .pretraining import FILE_BUILDERS
+
     if bool(train_files) == bool(dataset_name):
         raise ValueError("Give either train_files or dataset_name (one source of training text).")
     if dataset_name:
@@ -84,9 +83,9 @@ def load_text_documents(train_files: Sequence[str] | None = None, dataset_name: 
             if not Path(f).is_file():
                 raise FileNotFoundError(f"Training file {f!r} does not exist.")
             suffix = Path(f).suffix.lower()
-            if suffix not in TEXT_EXTENSIONS:
-                raise ValueError(f"{f}: unsupported file type {suffix!r}; use one of {sorted(TEXT_EXTENSIONS)}.")
-            kinds.add(TEXT_EXTENSIONS[suffix])
+            if suffix not in FILE_BUILDERS:
+                raise ValueError(f"{f}: unsupported file type {suffix!r}; use one of {sorted(FILE_BUILDERS)}.")
+            kinds.add(FILE_BUILDERS[suffix])
         if len(kinds) > 1:
             raise ValueError(f"Mixed file kinds {sorted(kinds)}: give plain-text files or one tabular format.")
         if kinds == {"text"}:
@@ -101,19 +100,10 @@ def load_text_documents(train_files: Sequence[str] | None = None, dataset_name: 
 
 
 def pack_blocks(documents, tokenizer, block_size: int):
-    """Tokenize, end each document with eos, concatenate and cut into `block_size`-token blocks (input_ids and
-    labels). The tail shorter than a block is dropped."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no eos token; packing documents needs one to separate them.")
-    eos = tokenizer.eos_token_id
+    """`pretraining.pack_documents`, refusing text too short for one block."""
+    from .pretraining import pack_documents
 
-    def pack(batch):
-        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        ids = list(chain.from_iterable(x + [eos] for x in encoded))
-        blocks = [ids[i: i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
-        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
-
-    blocks = documents.map(pack, batched=True, batch_size=None, remove_columns=documents.column_names)
+    blocks = pack_documents(documents, tokenizer, block_size)
     if len(blocks) == 0:
         raise ValueError(f"Not enough text for one block of {block_size} tokens; give more text or a smaller "
                          "block_size.")

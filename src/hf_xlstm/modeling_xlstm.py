@@ -487,6 +487,8 @@ class xLSTMModel(xLSTMPreTrainedModel):
             raise ValueError(f"inputs_embeds must be (batch, seq_len, {self.config.hidden_size}), "
                              f"got shape {tuple(inputs_embeds.shape)}.")
         B, T = inputs_embeds.shape[:2]
+        if T == 0:
+            raise ValueError("The input has sequence length 0: pass at least one token.")
 
         if past_key_values is not None and not isinstance(past_key_values, xLSTMCache):
             raise ValueError(f"past_key_values must be an xLSTMCache (got {type(past_key_values).__name__}); "

@@ -264,8 +264,10 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrai
 
 
 def pack_documents(documents: Dataset, tokenizer, block_size: int) -> Dataset:
-    """Tokenize, end every document with eos, concatenate and cut into blocks of `block_size` tokens
-    (the tail that does not fill a block is dropped). Columns: input_ids, labels (the same ids)."""
+    """Tokenize, end every document with eos, concatenate and cut into blocks of `block_size` tokens.
+    Columns: input_ids, labels (the same ids). Documents are concatenated in groups of 2000 (as in transformers'
+    run_clm example, so memory stays bounded on large corpora); each group's tail that does not fill a block
+    is dropped."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("The tokenizer has no eos token; packing needs one to separate documents.")

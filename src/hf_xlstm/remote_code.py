@@ -31,16 +31,16 @@ def code_files() -> dict[str, Path]:
     """Destination file name -> source path, for the layout we run from (installed package or flat folder)."""
     here = Path(__file__).resolve().parent
     kernels_file = Path(sys.modules[f"{__package__}.kernels"].__file__).resolve()
-    files = {name: here / name for name in MODEL_MODULES}
-    if kernels_file.name == "__init__.py":  # installed: hf_xlstm/kernels/ is a package
-        files["kernels.py"] = kernels_file
-        for path in sorted(kernels_file.parent.glob("*.py")):
-            if path.name != "__init__.py":
-                files[path.name] = path
-    else:  # a flat remote-code folder: the kernel modules sit beside kernels.py
-        for path in sorted(here.glob("*.py")):
-            if path.name != "__init__.py":
-                files[path.name] = path
+    if kernels_file.name != "__init__.py":
+        # A flat remote-code folder (a model loaded with trust_remote_code). transformers keeps the config's and
+        # the model's modules in separate folders and, on save, copies the model class's file and what it
+        # imports itself; we copy what sits beside this file (the config side, kernels included).
+        return {path.name: path for path in sorted(here.glob("*.py")) if path.name != "__init__.py"}
+    files = {name: here / name for name in MODEL_MODULES}  # installed: hf_xlstm/kernels/ is a package
+    files["kernels.py"] = kernels_file
+    for path in sorted(kernels_file.parent.glob("*.py")):
+        if path.name != "__init__.py":
+            files[path.name] = path
     return files
 
 
