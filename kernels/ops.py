@@ -11,6 +11,7 @@ mlstm_native.py / slstm_native.py; they are the spec the Triton kernels are chec
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -24,7 +25,9 @@ __all__ = ["mlstm", "mlstm_step", "slstm", "resolve_backend", "BACKENDS"]
 
 BACKENDS = ("auto", "native", "triton")
 
+@functools.cache
 def _triton_importable() -> bool:
+    # cached: find_spec walks sys.path (~60 us), and "auto" asks on every op call, i.e. per block per token
     return importlib.util.find_spec("triton") is not None
 
 
