@@ -477,7 +477,8 @@ class xLSTMModel(xLSTMPreTrainedModel):
         if input_ids is not None:
             if input_ids.ndim != 2:
                 raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}.")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            # one device sync per forward for the check (a bad id would otherwise be a CUDA assert later)
+            if ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any():
                 raise ValueError(
                     f"input_ids hold token ids outside [0, vocab_size={self.config.vocab_size}): min "
                     f"{int(input_ids.min())}, max {int(input_ids.max())}. Check that the tokenizer matches the model."
