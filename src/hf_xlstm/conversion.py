@@ -247,37 +247,47 @@ def state_dict_from_transformers(state_dict: Mapping[str, torch.Tensor], config,
     return _large_state_dict(state_dict, hf_config, mode, "transformers xLSTM checkpoint", "backbone.embeddings.weight")
 
 
+def _large_block_keys(config: xLSTMConfig, i: int, mode: str) -> list[tuple[str, list[str], list[int] | None]]:
+    """Block i of the xLSTM-7B stack as (transformers / official key, [hf_xlstm keys], split sizes or None):
+    the one table both directions read. "fused" weights hold several hf_xlstm tensors stacked along dim 0."""
+    s = d = f"backbone.blocks.{i}."
+    H, qk, v, ffn = config.num_heads, config.qk_size, config.v_size, config.ffn_size
+    keys = []
+    for suffix in ("weight", "bias") if config.use_bias else ("weight",):
+        keys += [(s + f"norm_mlstm.{suffix}", [d + f"norm.{suffix}"], None),
+                 (s + f"norm_ffn.{suffix}", [d + f"ffn_norm.{suffix}"], None),
+                 (s + f"mlstm_layer.multihead_norm.{suffix}", [d + f"mixer.out_norm.{suffix}"], None),
+                 (s + f"mlstm_layer.out_proj.{suffix}", [d + f"mixer.out_proj.{suffix}"], None),
+                 (s + f"ffn.proj_down.{suffix}", [d + f"ffn.proj_down.{suffix}"], None)]
+        if mode == "single":
+            keys += [(s + f"mlstm_layer.{a}.{suffix}", [d + f"mixer.{b}.{suffix}"], None)
+                     for a, b in (("q", "q"), ("k", "k"), ("v", "v"), ("ogate_preact", "ogate"))]
+            keys += [(s + f"ffn.{n}.{suffix}", [d + f"ffn.{n}.{suffix}"], None) for n in ("proj_up_gate", "proj_up")]
+        else:
+            keys += [(s + f"mlstm_layer.qkv_opreact.{suffix}",
+                      [d + f"mixer.{n}.{suffix}" for n in ("q", "k", "v", "ogate")], [qk, qk, v, v]),
+                     (s + f"ffn.proj_up_gate_z.{suffix}",
+                      [d + f"ffn.proj_up_gate.{suffix}", d + f"ffn.proj_up.{suffix}"], [ffn, ffn])]
+    for suffix in ("weight", "bias"):  # gates always have a bias
+        if mode == "single":
+            keys += [(s + f"mlstm_layer.igate_preact.{suffix}", [d + f"mixer.igate.{suffix}"], None),
+                     (s + f"mlstm_layer.fgate_preact.{suffix}", [d + f"mixer.fgate.{suffix}"], None)]
+        else:
+            keys.append((s + f"mlstm_layer.ifgate_preact.{suffix}",
+                         [d + f"mixer.igate.{suffix}", d + f"mixer.fgate.{suffix}"], [H, H]))
+    return keys
+
+
 def _large_state_dict(state_dict, hf_config: xLSTMConfig, mode: str, what: str, embedding_key: str):
     """The xLSTM-7B block stack, laid out alike in transformers' xLSTM and the official xLSTMLarge."""
     m = _Mapper(state_dict, what)
-    H, qk, v, ffn = hf_config.num_heads, hf_config.qk_size, hf_config.v_size, hf_config.ffn_size
-    bias_suffixes = ("weight", "bias") if hf_config.use_bias else ("weight",)
     m.copy(embedding_key, "backbone.embeddings.weight")
     for i in range(hf_config.num_blocks):
-        s, d = f"backbone.blocks.{i}.", f"backbone.blocks.{i}."
-        for suffix in bias_suffixes:
-            m.copy(s + f"norm_mlstm.{suffix}", d + f"norm.{suffix}")
-            m.copy(s + f"norm_ffn.{suffix}", d + f"ffn_norm.{suffix}")
-            m.copy(s + f"mlstm_layer.multihead_norm.{suffix}", d + f"mixer.out_norm.{suffix}")
-            m.copy(s + f"mlstm_layer.out_proj.{suffix}", d + f"mixer.out_proj.{suffix}")
-            m.copy(s + f"ffn.proj_down.{suffix}", d + f"ffn.proj_down.{suffix}")
-            if mode == "single":
-                for a, b in (("q", "q"), ("k", "k"), ("v", "v"), ("ogate_preact", "ogate")):
-                    m.copy(s + f"mlstm_layer.{a}.{suffix}", d + f"mixer.{b}.{suffix}")
-                m.copy(s + f"ffn.proj_up_gate.{suffix}", d + f"ffn.proj_up_gate.{suffix}")
-                m.copy(s + f"ffn.proj_up.{suffix}", d + f"ffn.proj_up.{suffix}")
+        for source, targets, sizes in _large_block_keys(hf_config, i, mode):
+            if sizes is None:
+                m.copy(source, targets[0])
             else:
-                m.split(s + f"mlstm_layer.qkv_opreact.{suffix}",
-                        [d + f"mixer.{n}.{suffix}" for n in ("q", "k", "v", "ogate")], [qk, qk, v, v])
-                m.split(s + f"ffn.proj_up_gate_z.{suffix}",
-                        [d + f"ffn.proj_up_gate.{suffix}", d + f"ffn.proj_up.{suffix}"], [ffn, ffn])
-        for suffix in ("weight", "bias"):  # gates always have a bias
-            if mode == "single":
-                m.copy(s + f"mlstm_layer.igate_preact.{suffix}", d + f"mixer.igate.{suffix}")
-                m.copy(s + f"mlstm_layer.fgate_preact.{suffix}", d + f"mixer.fgate.{suffix}")
-            else:
-                m.split(s + f"mlstm_layer.ifgate_preact.{suffix}",
-                        [d + f"mixer.igate.{suffix}", d + f"mixer.fgate.{suffix}"], [H, H])
+                m.split(source, targets, sizes)
     m.copy("backbone.out_norm.weight", "backbone.norm.weight")
     _lm_head(m, hf_config, "lm_head.weight", embedding_key)
     return m.finish(expected_shapes(hf_config))
@@ -335,33 +345,13 @@ def state_dict_to_transformers(state_dict: Mapping[str, torch.Tensor], config: x
     """The inverse of state_dict_from_transformers (block_style="large" only)."""
     config_to_transformers(config, weight_mode)  # validates
     m = _Mapper(state_dict, "hf_xlstm state dict")
-    bias_suffixes = ("weight", "bias") if config.use_bias else ("weight",)
     m.copy("backbone.embeddings.weight", "backbone.embeddings.weight")
     for i in range(config.num_blocks):
-        s, d = f"backbone.blocks.{i}.", f"backbone.blocks.{i}."
-        for suffix in bias_suffixes:
-            m.copy(s + f"norm.{suffix}", d + f"norm_mlstm.{suffix}")
-            m.copy(s + f"ffn_norm.{suffix}", d + f"norm_ffn.{suffix}")
-            m.copy(s + f"mixer.out_norm.{suffix}", d + f"mlstm_layer.multihead_norm.{suffix}")
-            m.copy(s + f"mixer.out_proj.{suffix}", d + f"mlstm_layer.out_proj.{suffix}")
-            m.copy(s + f"ffn.proj_down.{suffix}", d + f"ffn.proj_down.{suffix}")
-            if weight_mode == "single":
-                for a, b in (("q", "q"), ("k", "k"), ("v", "v"), ("ogate", "ogate_preact")):
-                    m.copy(s + f"mixer.{a}.{suffix}", d + f"mlstm_layer.{b}.{suffix}")
-                m.copy(s + f"ffn.proj_up_gate.{suffix}", d + f"ffn.proj_up_gate.{suffix}")
-                m.copy(s + f"ffn.proj_up.{suffix}", d + f"ffn.proj_up.{suffix}")
+        for target, sources, sizes in _large_block_keys(config, i, weight_mode):
+            if sizes is None:
+                m.copy(sources[0], target)
             else:
-                m.put(d + f"mlstm_layer.qkv_opreact.{suffix}",
-                      torch.cat([m.take(s + f"mixer.{n}.{suffix}") for n in ("q", "k", "v", "ogate")]), s)
-                m.put(d + f"ffn.proj_up_gate_z.{suffix}",
-                      torch.cat([m.take(s + f"ffn.proj_up_gate.{suffix}"), m.take(s + f"ffn.proj_up.{suffix}")]), s)
-        for suffix in ("weight", "bias"):
-            if weight_mode == "single":
-                m.copy(s + f"mixer.igate.{suffix}", d + f"mlstm_layer.igate_preact.{suffix}")
-                m.copy(s + f"mixer.fgate.{suffix}", d + f"mlstm_layer.fgate_preact.{suffix}")
-            else:
-                m.put(d + f"mlstm_layer.ifgate_preact.{suffix}",
-                      torch.cat([m.take(s + f"mixer.igate.{suffix}"), m.take(s + f"mixer.fgate.{suffix}")]), s)
+                m.put(target, torch.cat([m.take(key) for key in sources]), sources[0])
     m.copy("backbone.norm.weight", "backbone.out_norm.weight")
     m.copy("lm_head.weight", "lm_head.weight")
     return {k: v.contiguous() for k, v in m.out.items()}
