@@ -209,17 +209,6 @@ def test_cpu_time_limit_stops_training_and_says_so(tmp_path, capsys):
     assert math.isfinite(results["perplexity"])  # evaluated and saved all the same
 
 
-def _typed(text):
-    if text in ("true", "false"):
-        return text == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def test_dataset_folder_config_file_and_json_arguments(run, tmp_path):
     folder, _ = run
     data = tmp_path / "data"
@@ -230,8 +219,10 @@ def test_dataset_folder_config_file_and_json_arguments(run, tmp_path):
     (data / "validation.jsonl").write_text(lines(3))
     # a dataset by name (here a local folder with train/validation files), the model from a config file plus a
     # flag, the tokenizer of the short run, all from a JSON arguments file
+    from hf_xlstm.pretraining import _parse_value  # the flag-string typing the script itself uses
+
     arguments = dict(zip(SHORT_RUN[::2], SHORT_RUN[1::2]))
-    arguments = {k.lstrip("-"): _typed(v) for k, v in arguments.items() if k not in ("--preset", "--sample_prompts")}
+    arguments = {k.lstrip("-"): _parse_value(v) for k, v in arguments.items() if k not in ("--preset", "--sample_prompts")}
     arguments.update(dataset_name=str(data), text_column="content", config=str(folder / "config.json"),
                      num_blocks=1, slstm_at="none", tokenizer_name=str(folder), max_steps=2,
                      output_dir=str(tmp_path / "out"), sample_prompts=["def "])

@@ -283,8 +283,14 @@ class sLSTMPaperLayer(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- blocks
 class _Block(GradientCheckpointingLayer):
-    def _cache_layer(self, past_key_values):
-        return past_key_values.layers[self.block_idx] if past_key_values is not None else None
+    """x + mixer(norm(x)), then, where the block has one, x + ffn(ffn_norm(x))."""
+
+    def forward(self, hidden_states, mask=None, past_key_values=None):
+        cache_layer = past_key_values.layers[self.block_idx] if past_key_values is not None else None
+        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, cache_layer)
+        if self.ffn is not None:
+            hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states))
+        return hidden_states
 
 
 class mLSTMBlock(_Block):
@@ -295,9 +301,7 @@ class mLSTMBlock(_Block):
         self.block_idx = block_idx
         self.norm = LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.mixer = mLSTMPaperLayer(config, block_idx)
-
-    def forward(self, hidden_states, mask=None, past_key_values=None):
-        return hidden_states + self.mixer(self.norm(hidden_states), mask, self._cache_layer(past_key_values))
+        self.ffn = None  # the paper mLSTM block has no feed-forward: its up-projection plays that part
 
 
 class sLSTMBlock(_Block):
@@ -311,10 +315,6 @@ class sLSTMBlock(_Block):
         self.ffn_norm = LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.ffn = GatedFeedForward(config.hidden_size, config.slstm_ffn_size, "gelu")
 
-    def forward(self, hidden_states, mask=None, past_key_values=None):
-        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, self._cache_layer(past_key_values))
-        return hidden_states + self.ffn(self.ffn_norm(hidden_states))
-
 
 class xLSTMLargeBlock(_Block):
     """xLSTM-7B block: x + mLSTMLargeLayer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
@@ -326,10 +326,6 @@ class xLSTMLargeBlock(_Block):
         self.mixer = mLSTMLargeLayer(config, block_idx)
         self.ffn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, bias=config.use_bias)
         self.ffn = GatedFeedForward(config.hidden_size, config.ffn_size, "silu", bias=config.use_bias)
-
-    def forward(self, hidden_states, mask=None, past_key_values=None):
-        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, self._cache_layer(past_key_values))
-        return hidden_states + self.ffn(self.ffn_norm(hidden_states))
 
 
 def build_block(config: xLSTMConfig, block_idx: int) -> _Block:
