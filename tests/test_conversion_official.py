@@ -21,6 +21,7 @@ from xlstm.blocks.slstm.cell import sLSTMCell
 from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
 
 from hf_xlstm import xLSTMForCausalLM
+from hf_xlstm.compat import cache_of
 from hf_xlstm.conversion import (
     ConversionError,
     config_from_official,
@@ -74,8 +75,8 @@ def hf_steps(model, ids):
     cache, out = None, []
     with torch.no_grad():
         for t in range(ids.shape[1]):
-            o = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
-            cache = o.past_key_values
+            o = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+            cache = cache_of(o)
             out.append(o.logits)
     return torch.cat(out, 1)
 

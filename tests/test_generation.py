@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import VOCAB, tiny_model
+from hf_xlstm.compat import cache_of
 
 PAD = 0
 
@@ -109,12 +110,12 @@ def test_right_padded_training_batch_gives_each_row_its_own_loss(style):
 def test_padded_positions_leave_every_state_exactly_unchanged(style):
     model = tiny_model(style)
     ids = _prompt(batch=2, length=11)
-    cache = model(ids, use_cache=True).past_key_values
+    cache = cache_of(model(ids, use_cache=True))
     before = [[t.clone() for t in layer.get_state()] + [layer.get_conv_window().clone()]
               if layer.get_conv_window() is not None else [t.clone() for t in layer.get_state()]
               for layer in cache.layers]
     pads = torch.full((2, 5), PAD)
-    model(pads, attention_mask=torch.zeros(2, 5, dtype=torch.long), past_key_values=cache)
+    model(pads, attention_mask=torch.zeros(2, 5, dtype=torch.long), cache=cache)
     for layer, old in zip(cache.layers, before):
         now = list(layer.get_state()) + ([layer.get_conv_window()] if layer.get_conv_window() is not None else [])
         for a, b in zip(now, old):
@@ -127,11 +128,11 @@ def test_streaming_equals_one_pass(style, split):
     ids = _prompt(batch=2, length=30)
     full = model(ids, use_cache=False).logits
     first = model(ids[:, :split], use_cache=True)
-    second = model(ids[:, split:], past_key_values=first.past_key_values, use_cache=True)
+    second = model(ids[:, split:], cache=cache_of(first), use_cache=True)
     torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, rtol=1e-5, atol=1e-5)
     # token by token from there on (the decode-step path)
-    cache = model(ids[:, :split], use_cache=True).past_key_values
-    steps = [model(ids[:, t: t + 1], past_key_values=cache, use_cache=True).logits for t in range(split, 30)]
+    cache = cache_of(model(ids[:, :split], use_cache=True))
+    steps = [model(ids[:, t: t + 1], cache=cache, use_cache=True).logits for t in range(split, 30)]
     torch.testing.assert_close(torch.cat(steps, 1), full[:, split:], rtol=1e-5, atol=1e-5)
     assert cache.get_seq_length() == 30
 
@@ -140,10 +141,10 @@ def test_bf16_model_keeps_float32_states(style):
     model = tiny_model(style).to(torch.bfloat16)
     ids = _prompt()
     out = model(ids, use_cache=True)
-    for layer in out.past_key_values.layers:
+    for layer in cache_of(out).layers:
         assert all(t.dtype == torch.float32 for t in layer.get_state())
     generated = model.generate(ids, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-    for layer in generated.past_key_values.layers:
+    for layer in cache_of(generated).layers:
         assert all(t.dtype == torch.float32 for t in layer.get_state())
     # and bf16 stays close to fp32
     ref = tiny_model(style)(ids).logits
@@ -154,14 +155,14 @@ def test_cache_memory_is_constant_in_tokens(style):
     model = tiny_model(style)
     sizes = []
     for length in (3, 60):
-        cache = model(_prompt(batch=2, length=length), use_cache=True).past_key_values
+        cache = cache_of(model(_prompt(batch=2, length=length), use_cache=True))
         sizes.append(cache.memory_bytes())
     assert sizes[0] == sizes[1] > 0
 
 
 def test_cache_reorder_and_cannot_crop(style):
     model = tiny_model(style)
-    cache = model(_prompt(batch=3), use_cache=True).past_key_values
+    cache = cache_of(model(_prompt(batch=3), use_cache=True))
     first = [t.clone() for t in cache.layers[0].get_state()]
     cache.reorder_cache(torch.tensor([2, 0, 1]))
     for a, b in zip(cache.layers[0].get_state(), first):

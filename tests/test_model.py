@@ -5,6 +5,7 @@ import torch
 
 from conftest import VOCAB, tiny_config, tiny_model
 from hf_xlstm import xLSTMCache, xLSTMForCausalLM, xLSTMModel
+from hf_xlstm.compat import cache_of
 from hf_xlstm.modeling_xlstm import mLSTMLargeLayer, mLSTMPaperLayer, sLSTMPaperLayer, slstm_forget_bias
 
 
@@ -86,7 +87,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(style):
             assert model.backbone.blocks[0].gradient_checkpointing
         out = model(ids, labels=ids)
         out.loss.backward()
-        assert out.past_key_values is None  # training never fills a cache by default
+        assert cache_of(out) is None  # training never fills a cache by default
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
@@ -97,9 +98,9 @@ def test_training_with_a_cache_still_backpropagates(style):
     model = tiny_model(style).train()
     ids = torch.randint(3, VOCAB, (2, 12))
     first = model(ids[:, :7], use_cache=True)
-    out = model(ids[:, 7:], labels=ids[:, 7:], past_key_values=first.past_key_values, use_cache=True)
+    out = model(ids[:, 7:], labels=ids[:, 7:], cache=cache_of(first), use_cache=True)
     (out.loss + first.logits.mean()).backward()
-    for layer in out.past_key_values.layers:
+    for layer in cache_of(out).layers:
         assert all(not s.requires_grad for s in layer.get_state())
 
 
@@ -125,19 +126,19 @@ def test_bad_inputs_give_clear_errors(style):
         model(ids, attention_mask=torch.ones(3, 6, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, attention_mask=torch.ones(2, 1, 6, dtype=torch.long))
-    cache = model(ids, use_cache=True).past_key_values
+    cache = cache_of(model(ids, use_cache=True))
     with pytest.raises(ValueError, match="batch size"):
-        model(torch.randint(3, VOCAB, (3, 1)), past_key_values=cache)
+        model(torch.randint(3, VOCAB, (3, 1)), cache=cache)
     with pytest.raises(ValueError, match="xLSTMCache"):
         from transformers import DynamicCache
 
-        model(ids, past_key_values=DynamicCache())
+        model(ids, cache=DynamicCache())
     with pytest.raises(ValueError, match="exactly one"):
         model()
     with pytest.raises(ValueError, match="sequence length 0"):
         model(torch.zeros(1, 0, dtype=torch.long))
     # with a cache of 6 tokens, the mask may cover the new tokens or everything seen so far
-    assert model(ids[:, :1], past_key_values=cache, attention_mask=torch.ones(2, 7, dtype=torch.long)).logits.shape[1] == 1
+    assert model(ids[:, :1], cache=cache, attention_mask=torch.ones(2, 7, dtype=torch.long)).logits.shape[1] == 1
     assert isinstance(cache, xLSTMCache) and cache.get_seq_length() == 7
 
 
@@ -163,7 +164,7 @@ def test_config_variants_run_forward_backward_and_cache(style, overrides):
     with torch.no_grad():
         full = model(ids).logits
         first = model(ids[:, :6], use_cache=True)
-        rest = [model(ids[:, t: t + 1], past_key_values=first.past_key_values).logits for t in range(6, 11)]
+        rest = [model(ids[:, t: t + 1], cache=cache_of(first)).logits for t in range(6, 11)]
     torch.testing.assert_close(torch.cat([first.logits] + rest, 1), full, rtol=1e-5, atol=1e-5)
 
 

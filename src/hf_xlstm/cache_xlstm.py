@@ -111,7 +111,7 @@ class xLSTMCache(Cache):
 
     Works with `generate()` as it is (greedy, sampling, beam search through `reorder_cache`,
     `num_return_sequences`) and for streaming: a forward on tokens [0, t) with `use_cache=True` returns the
-    cache, and a forward on [t, T) with `past_key_values=cache` continues from it.
+    cache, and a forward on [t, T) with `cache=cache` (`past_key_values=cache` works too) continues from it.
     """
 
     def __init__(self, config):

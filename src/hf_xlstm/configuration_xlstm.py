@@ -75,7 +75,7 @@ class xLSTMConfig(PretrainedConfig):
     """
 
     model_type = "hf_xlstm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache, under either name (compat.py)
     # Keeps the standard names working for code that expects them (Trainer, lm-eval, peft).
     attribute_map = {"num_hidden_layers": "num_blocks", "num_attention_heads": "num_heads"}
 

@@ -25,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import logging
 
 from .cache_xlstm import xLSTMCache, xLSTMCacheLayer
+from .compat import CACHE_NAME, cache_of, output_with_cache, resolve_cache
 from .configuration_xlstm import xLSTMConfig
 from .kernels import mlstm, mlstm_step, slstm
 
@@ -285,8 +286,8 @@ class sLSTMPaperLayer(nn.Module):
 class _Block(GradientCheckpointingLayer):
     """x + mixer(norm(x)), then, where the block has one, x + ffn(ffn_norm(x))."""
 
-    def forward(self, hidden_states, mask=None, past_key_values=None):
-        cache_layer = past_key_values.layers[self.block_idx] if past_key_values is not None else None
+    def forward(self, hidden_states, mask=None, cache=None):
+        cache_layer = cache.layers[self.block_idx] if cache is not None else None
         hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, cache_layer)
         if self.ffn is not None:
             hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states))
@@ -449,22 +450,34 @@ class xLSTMModel(xLSTMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: xLSTMCache | None = None,
+        cache: xLSTMCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        past_key_values: xLSTMCache | None = None,
     ) -> tuple | BaseModelOutputWithPast:
         r"""
         input_ids (B, T) or inputs_embeds (B, T, D); attention_mask (B, T) or (B, past + T) with 1 for real tokens
-        and 0 for padding; past_key_values: an `xLSTMCache` to continue from (streaming / generation).
+        and 0 for padding; cache: an `xLSTMCache` to continue from (streaming / generation), also accepted as
+        `past_key_values` (its name before transformers 5.24). The output carries it under the name the installed
+        transformers uses (`cache`, or `past_key_values` before 5.24).
         """
+        cache = resolve_cache(cache, past_key_values)
+        if output_attentions:
+            raise ValueError("output_attentions=True: an xLSTM is recurrent and has no attention weights to return.")
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         # Training never fills a cache unless asked to (the default in training is off).
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if self.gradient_checkpointing and self.training and use_cache:
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing and cache is not None:
+            # the backward replay of a block would read the state its first run already advanced
+            raise ValueError("A cache cannot be continued under gradient checkpointing: the recomputation in the "
+                             "backward pass would start from the already advanced state. Disable gradient "
+                             "checkpointing or run without a cache.")
+        if checkpointing and use_cache:
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing; setting use_cache=False.")
             use_cache = False
 
@@ -487,12 +500,11 @@ class xLSTMModel(xLSTMPreTrainedModel):
         if T == 0:
             raise ValueError("The input has sequence length 0: pass at least one token.")
 
-        if past_key_values is not None and not isinstance(past_key_values, xLSTMCache):
-            raise ValueError(f"past_key_values must be an xLSTMCache (got {type(past_key_values).__name__}); "
+        if cache is not None and not isinstance(cache, xLSTMCache):
+            raise ValueError(f"The cache must be an xLSTMCache (got {type(cache).__name__}); "
                              "let the model create it with use_cache=True.")
-        if use_cache and past_key_values is None:
-            past_key_values = xLSTMCache(self.config)
-        cache = past_key_values if use_cache or past_key_values is not None else None
+        if use_cache and cache is None:
+            cache = xLSTMCache(self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
         if cache is not None and cache.batch_size not in (-1, B):
             raise ValueError(f"The cache holds states for batch size {cache.batch_size}, but the input has batch size "
@@ -511,7 +523,7 @@ class xLSTMModel(xLSTMPreTrainedModel):
         for block in self.blocks:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states = block(hidden_states, mask=mask, past_key_values=cache)
+            hidden_states = block(hidden_states, mask=mask, cache=cache)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
@@ -520,8 +532,8 @@ class xLSTMModel(xLSTMPreTrainedModel):
 
         if not return_dict:
             return tuple(v for v in (hidden_states, cache, all_hidden_states) if v is not None)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache,
-                                       hidden_states=all_hidden_states)
+        return output_with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states,
+                                 hidden_states=all_hidden_states)
 
 
 class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
@@ -529,6 +541,8 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
     optional logit soft cap. Works with generate() as it is; the recurrent cache is an `xLSTMCache`."""
 
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+    # Trainer passes num_items_in_batch (gradient accumulation) to models that declare they take it.
+    accepts_loss_kwargs = True
 
     def __init__(self, config: xLSTMConfig):
         super().__init__(config)
@@ -553,28 +567,70 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         # generate() must not make a DynamicCache: the model makes its own xLSTMCache on the first forward.
         return False
 
+    def _prefill(self, input_ids, generation_config, model_kwargs, is_first_iteration=True):
+        """generate()'s first forward, fed only the tokens the cache has not consumed yet.
+
+        When generate() continues from a returned cache with the whole sequence as the prompt (the documented
+        way: `generate(full_ids, attention_mask=full_mask, cache=cache)`), the prefix the cache holds must not run
+        through the state again. transformers up to 5.23 cut it off for every cache; 5.24 does so only for
+        attention caches, not for linear-attention (recurrent) ones like ours. The cut is made here, by the same
+        rule, so every release behaves alike: prompt embeddings are always the whole sequence; token ids are when
+        the attention mask (or, for an all-ones mask that generate() dropped, its recorded length) is as long as
+        they are. After the cut the release's own rule finds nothing left to cut.
+        """
+        cache = model_kwargs.get(CACHE_NAME)
+        past_length = cache.get_seq_length() if isinstance(cache, xLSTMCache) else 0
+        embeds = model_kwargs.get("inputs_embeds") if is_first_iteration else None
+        if past_length and embeds is not None:
+            if embeds.shape[1] <= past_length:
+                raise ValueError(f"generate() got a cache that has consumed {past_length} positions and inputs_embeds "
+                                 f"of {embeds.shape[1]}: pass the embeddings of the whole sequence, new ones included.")
+            if generation_config.prefill_chunk_size is not None:
+                raise ValueError("Chunked prefill (prefill_chunk_size) takes input_ids, not inputs_embeds.")
+            model_inputs = self.prepare_inputs_for_generation(
+                input_ids, next_sequence_length=embeds.shape[1] - past_length, is_first_iteration=True, **model_kwargs)
+            return self(**model_inputs, return_dict=True)
+        if past_length:
+            mask = model_kwargs.get("attention_mask")
+            mask_length = mask.shape[1] if mask is not None else getattr(generation_config, "_mask_length", -1)
+            if mask_length == input_ids.shape[1]:
+                if input_ids.shape[1] <= past_length:
+                    raise ValueError(
+                        f"generate() got a cache that has consumed {past_length} tokens and a prompt of "
+                        f"{input_ids.shape[1]} tokens with a mask of the same length: a continued prompt holds the "
+                        "whole sequence (the consumed tokens, then at least one new one) with its whole mask."
+                    )
+                input_ids = input_ids[:, past_length:]
+        return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration=is_first_iteration)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: xLSTMCache | None = None,
+        cache: xLSTMCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        past_key_values: xLSTMCache | None = None,
     ) -> tuple | CausalLMOutputWithPast:
         r"""
+        cache: an `xLSTMCache` to continue from (also accepted as `past_key_values`, its name before
+        transformers 5.24).
         labels (B, T): token ids to predict, shifted inside (labels = input_ids works); -100 is ignored.
         logits_to_keep: compute logits only for the last that many positions (0 = all).
+        num_items_in_batch: the number of label tokens in the whole (gradient-accumulated) batch, passed by
+        Trainer; the loss is summed and divided by it.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values, use_cache=use_cache, output_hidden_states=output_hidden_states,
-            return_dict=True,
+            cache=resolve_cache(cache, past_key_values), use_cache=use_cache,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -585,10 +641,12 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=num_items_in_batch)
 
+        new_cache = cache_of(outputs)
         if not return_dict:
-            out = (logits,) + tuple(v for v in (outputs.past_key_values, outputs.hidden_states) if v is not None)
+            out = (logits,) + tuple(v for v in (new_cache, outputs.hidden_states) if v is not None)
             return (loss,) + out if loss is not None else out
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states)
+        return output_with_cache(CausalLMOutputWithPast, new_cache, loss=loss, logits=logits,
+                                 hidden_states=outputs.hidden_states)

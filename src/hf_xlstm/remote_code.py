@@ -18,7 +18,7 @@ from pathlib import Path
 from .kernels import mlstm as _an_op  # noqa: F401
 
 # The modules of hf_xlstm the model needs (the package __init__, which registers Auto classes, stays behind).
-MODEL_MODULES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "remote_code.py")
+MODEL_MODULES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "compat.py", "remote_code.py")
 
 AUTO_MAP = {
     "AutoConfig": "configuration_xlstm.xLSTMConfig",
