@@ -110,3 +110,22 @@ def test_generate_from_a_cache_that_already_holds_the_prompt_is_refused(style):
     cache = cache_of(model(ids, use_cache=True))
     with pytest.raises(ValueError, match="consumed 9 tokens"):
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, **{CACHE_NAME: cache})
+
+
+def test_chunked_prefill_and_continuing_from_embeddings(style):
+    model = tiny_model(style)
+    ids = _ids(batch=2, length=11)
+    kwargs = dict(do_sample=False, min_new_tokens=5, max_new_tokens=5)
+    at_once = model.generate(ids, **kwargs)
+    # generate() makes the cache before the first forward, so the prompt can be fed in chunks
+    assert torch.equal(model.generate(ids, prefill_chunk_size=4, **kwargs), at_once)
+    # continuing from inputs_embeds of the whole sequence feeds only the new positions
+    embed = model.get_input_embeddings()
+    first = model.generate(inputs_embeds=embed(ids), do_sample=False, min_new_tokens=3, max_new_tokens=3,
+                           return_dict_in_generate=True)
+    whole = torch.cat([ids, first.sequences], 1)
+    rest = model.generate(inputs_embeds=embed(whole), do_sample=False, min_new_tokens=2, max_new_tokens=2,
+                          **{CACHE_NAME: cache_of(first)})
+    assert torch.equal(torch.cat([first.sequences, rest], 1), at_once[:, 11:])
+    with pytest.raises(ValueError, match="cache_implementation"):
+        model.generate(ids, cache_implementation="static", **kwargs)

@@ -564,8 +564,19 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        # generate() must not make a DynamicCache: the model makes its own xLSTMCache on the first forward.
+        # generate() must not make a DynamicCache: the cache of an xLSTM is an xLSTMCache (made below).
         return False
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """generate() starts from an empty xLSTMCache made here, so the cache exists before the first forward
+        (chunked prefill needs it); a cache the caller passes is used as it is."""
+        if model_kwargs.get(CACHE_NAME) is None and generation_config.use_cache:
+            if generation_config.cache_implementation is not None:
+                raise ValueError(f"cache_implementation={generation_config.cache_implementation!r}: an xLSTM keeps a "
+                                 "fixed-size recurrent state in its own xLSTMCache; leave cache_implementation unset.")
+            model_kwargs[CACHE_NAME] = xLSTMCache(self.config)
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def _prefill(self, input_ids, generation_config, model_kwargs, is_first_iteration=True):
         """generate()'s first forward, fed only the tokens the cache has not consumed yet.
