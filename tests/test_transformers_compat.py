@@ -129,3 +129,14 @@ def test_chunked_prefill_and_continuing_from_embeddings(style):
     assert torch.equal(torch.cat([first.sequences, rest], 1), at_once[:, 11:])
     with pytest.raises(ValueError, match="cache_implementation"):
         model.generate(ids, cache_implementation="static", **kwargs)
+
+
+def test_shift_labels_are_used_instead_of_labels(style):
+    # what Trainer passes for sequence-parallel training: targets already shifted by one
+    model = tiny_model(style)
+    ids = _ids()
+    shifted = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)
+    expected = model(ids, labels=ids).loss
+    torch.testing.assert_close(model(ids, shift_labels=shifted).loss, expected, rtol=1e-6, atol=1e-6)
+    other = torch.randint(3, VOCAB, ids.shape)
+    assert not torch.allclose(model(ids, labels=ids, shift_labels=other).loss, expected)

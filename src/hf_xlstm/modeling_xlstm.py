@@ -627,6 +627,7 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: torch.Tensor | int | None = None,
+        shift_labels: torch.LongTensor | None = None,
         past_key_values: xLSTMCache | None = None,
     ) -> tuple | CausalLMOutputWithPast:
         r"""
@@ -636,6 +637,8 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         logits_to_keep: compute logits only for the last that many positions (0 = all).
         num_items_in_batch: the number of label tokens in the whole (gradient-accumulated) batch, passed by
         Trainer; the loss is summed and divided by it.
+        shift_labels (B, T): targets already shifted (position t predicts shift_labels[:, t]), as Trainer passes
+        them for sequence-parallel training; used instead of labels.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.backbone(
@@ -651,9 +654,9 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         logits = soft_cap(self.lm_head(hidden_states).float(), self.config.output_logit_soft_cap)
 
         loss = None
-        if labels is not None:
+        if labels is not None or shift_labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                                      num_items_in_batch=num_items_in_batch)
+                                      num_items_in_batch=num_items_in_batch, shift_labels=shift_labels)
 
         new_cache = cache_of(outputs)
         if not return_dict:
