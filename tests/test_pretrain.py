@@ -200,13 +200,22 @@ def test_script_is_a_thin_wrapper():
     assert sys.executable  # the script runs in subprocess tests (test_ddp.py)
 
 
-def test_cpu_time_limit_stops_training_and_says_so(tmp_path, capsys):
+def test_cpu_time_limit_stops_training_saves_a_checkpoint_and_resumes_exactly(run, tmp_path, capsys):
+    _, uninterrupted = run
     results = run_pretraining(*parse_args([*SHORT_RUN, "--cpu_time_limit_minutes", "1e-6", "--save_steps", "100",
                                            "--output_dir", str(tmp_path)]))
     assert results["stopped_by_time_limit"] and results["global_step"] == 1
-    assert "time limit: training stopped at step 1 of 6" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time limit: training stopped at step 1 of 6" in out and "--resume_from_checkpoint last" in out
+    assert "[time limit] step 1/6" in out  # where the run stands against the limit, at every log
     assert "stopped by the CPU time limit" in (tmp_path / "README.md").read_text()
     assert math.isfinite(results["perplexity"])  # evaluated and saved all the same
+    assert (tmp_path / "checkpoint-1").is_dir()  # the stop saved a checkpoint (save_steps is 100)
+    resumed = run_pretraining(*parse_args([*SHORT_RUN, "--cpu_time_limit_minutes", "0", "--output_dir",
+                                           str(tmp_path), "--resume_from_checkpoint", "last"]))
+    assert resumed["global_step"] == 6 and not resumed["stopped_by_time_limit"]
+    for (step, loss), (step_0, loss_0) in zip(resumed["logged_losses"], uninterrupted["logged_losses"], strict=True):
+        assert step == step_0 and abs(loss - loss_0) <= 1e-5
 
 
 def test_dataset_folder_config_file_and_json_arguments(run, tmp_path):

@@ -398,10 +398,16 @@ def _tokenizer(model_args, docs, training_args, resume_dir: str | None):
 
 
 class TimeLimit(TrainerCallback):
-    """Stops training once `seconds` have passed since `start` (all processes stop at the same step)."""
+    """Stops training once `seconds` have passed since `start` (all processes stop at the same step) and saves a
+    checkpoint there, so `--resume_from_checkpoint last` continues exactly where the limit stopped the run. At each
+    log it prints where the run stands against the limit (the progress bar's ETA is for all of max_steps)."""
 
     def __init__(self, start: float, seconds: float):
         self.start, self.seconds, self.stopped_at = start, seconds, None
+        self.train_start = self.train_start_step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_start, self.train_start_step = time.time(), state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         over = torch.tensor([float(time.time() - self.start > self.seconds)])
@@ -409,8 +415,20 @@ class TimeLimit(TrainerCallback):
             torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)  # the slowest clock decides
         if over.item() and state.global_step < state.max_steps:
             control.should_training_stop = True
+            control.should_save = True
             self.stopped_at = state.global_step
         return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        steps = state.global_step - (self.train_start_step or 0)
+        if not state.is_world_process_zero or steps <= 0 or self.train_start is None:
+            return
+        left = self.seconds - (time.time() - self.start)
+        per_step = (time.time() - self.train_start) / steps
+        reach = min(state.max_steps, state.global_step + int(max(left, 0) / per_step))
+        ending = "all steps fit" if reach >= state.max_steps else f"at this pace it stops near step {reach}"
+        print(f"[time limit] step {state.global_step}/{state.max_steps}, {max(left, 0) / 60:.1f} of "
+              f"{self.seconds / 60:g} min left: {ending} (--cpu_time_limit_minutes)", flush=True)
 
 
 def sample_generations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0) -> list[str]:
@@ -492,7 +510,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
     }
     if time_limit and time_limit.stopped_at:
         _log(f"time limit: training stopped at step {time_limit.stopped_at} of {training_args.max_steps} after "
-             f"{training_args.cpu_time_limit_minutes:g} minutes (--cpu_time_limit_minutes; 0 turns it off)",
+             f"{training_args.cpu_time_limit_minutes:g} minutes (--cpu_time_limit_minutes; 0 turns it off); "
+             f"saved {output_dir / f'checkpoint-{time_limit.stopped_at}'}: continue with --resume_from_checkpoint last",
              training_args)
     if trainer.is_world_process_zero():
         trainer.model.config.use_cache = True  # Trainer turns it off for training; generation wants it on
