@@ -140,3 +140,12 @@ def test_shift_labels_are_used_instead_of_labels(style):
     torch.testing.assert_close(model(ids, shift_labels=shifted).loss, expected, rtol=1e-6, atol=1e-6)
     other = torch.randint(3, VOCAB, ids.shape)
     assert not torch.allclose(model(ids, labels=ids, shift_labels=other).loss, expected)
+
+
+def test_trainer_sees_labels_as_the_only_label_column():
+    # Trainer computes an evaluation loss only when every forward argument with "label" in its name is in the batch
+    from transformers.utils import find_labels
+
+    from hf_xlstm import xLSTMForCausalLM
+
+    assert find_labels(xLSTMForCausalLM) == ["labels"]

@@ -536,13 +536,15 @@ class xLSTMModel(xLSTMPreTrainedModel):
                                  hidden_states=all_hidden_states)
 
 
+# The keywords of transformers' causal-LM loss that Trainer may pass to forward().
+LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
+
+
 class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
     """xLSTM language model: the backbone, an LM head (tied to the embedding when tie_word_embeddings) and an
     optional logit soft cap. Works with generate() as it is; the recurrent cache is an `xLSTMCache`."""
 
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
-    # Trainer passes num_items_in_batch (gradient accumulation) to models that declare they take it.
-    accepts_loss_kwargs = True
 
     def __init__(self, config: xLSTMConfig):
         super().__init__(config)
@@ -626,20 +628,24 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        shift_labels: torch.LongTensor | None = None,
         past_key_values: xLSTMCache | None = None,
+        **loss_kwargs,
     ) -> tuple | CausalLMOutputWithPast:
         r"""
         cache: an `xLSTMCache` to continue from (also accepted as `past_key_values`, its name before
         transformers 5.24).
         labels (B, T): token ids to predict, shifted inside (labels = input_ids works); -100 is ignored.
         logits_to_keep: compute logits only for the last that many positions (0 = all).
-        num_items_in_batch: the number of label tokens in the whole (gradient-accumulated) batch, passed by
-        Trainer; the loss is summed and divided by it.
-        shift_labels (B, T): targets already shifted (position t predicts shift_labels[:, t]), as Trainer passes
-        them for sequence-parallel training; used instead of labels.
+        loss_kwargs: what Trainer passes to the loss, and nothing else (any other keyword is a TypeError):
+            num_items_in_batch: label tokens in the whole (gradient-accumulated) batch; the loss is summed and
+            divided by it. shift_labels (B, T): targets already shifted (position t predicts shift_labels[:, t]),
+            as Trainer passes them for sequence-parallel training; used instead of labels. ignore_index.
+        (Not named arguments: Trainer takes every forward argument with "label" in its name for a label column.)
         """
+        unknown = sorted(set(loss_kwargs) - set(LOSS_KWARGS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; besides "
+                            f"its named arguments it takes only the loss keywords {list(LOSS_KWARGS)}.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
@@ -654,9 +660,8 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         logits = soft_cap(self.lm_head(hidden_states).float(), self.config.output_logit_soft_cap)
 
         loss = None
-        if labels is not None or shift_labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                                      num_items_in_batch=num_items_in_batch, shift_labels=shift_labels)
+        if labels is not None or loss_kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
 
         new_cache = cache_of(outputs)
         if not return_dict:
