@@ -162,6 +162,7 @@ def test_short_run_leaves_a_hub_ready_folder(run):
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
     assert results["stopped_by_time_limit"] is False
     assert results["samples"][0].startswith("def ") and len(results["samples"]) == 1
+    assert results["sampling"] == "sampled with temperature 0.8, top-k 40, seed 0, 8 new tokens per prompt"
     assert json.loads((folder / "results.json").read_text())["perplexity"] == results["perplexity"]
 
 

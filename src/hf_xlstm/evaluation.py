@@ -90,7 +90,9 @@ def last_word_dataset(**_: Any):
 
 
 def _load_tokenizer(tokenizer=None, pretrained=None):
-    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
+
+    from .data import load_tokenizer
 
     source = tokenizer if tokenizer is not None else pretrained
     if isinstance(source, PreTrainedTokenizerBase):
@@ -102,7 +104,7 @@ def _load_tokenizer(tokenizer=None, pretrained=None):
             "hf_xlstm.evaluation.task_manager(tokenizer=...)); the lm-eval CLI passes `pretrained` from "
             f"--model_args. Got tokenizer={tokenizer!r}, pretrained={pretrained!r}."
         )
-    return AutoTokenizer.from_pretrained(str(source))
+    return load_tokenizer(source, what="the xlstm_assoc_recall task")
 
 
 def vocabulary_words(tokenizer) -> list[str]:

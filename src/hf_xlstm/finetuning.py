@@ -143,14 +143,16 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
     training_args: TrainingArguments fields (max_steps, learning_rate, per_device_train_batch_size, ...).
     Returns the logged losses and metrics (also written to output_dir/finetune_results.json).
     """
-    from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from .data import load_tokenizer
 
     from .modeling_xlstm import xLSTMForCausalLM
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{str(model_dir)!r} is not a saved model folder (no config.json).")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir, what="fine-tuning")
     if train_blocks is None:
         train_blocks = load_text_blocks(tokenizer, block_size, train_files=train_files, dataset_name=dataset_name,
                                         dataset_config=dataset_config, text_column=text_column)

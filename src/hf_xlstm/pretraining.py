@@ -45,6 +45,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_xlstm import xLSTMConfig
+from .data import load_tokenizer
 from .model_card import template_path, write_model_card
 from .modeling_xlstm import xLSTMForCausalLM
 from .presets import PRESETS, preset_config
@@ -381,7 +382,7 @@ def _tokenizer(model_args, docs, training_args, resume_dir: str | None):
     if source is None and model_args.model_name_or_path:
         source = model_args.model_name_or_path
     if source is not None:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source, what="pretraining")
         if tokenizer.eos_token is None:
             raise ValueError(f"Tokenizer {source} has no eos token; documents need one to be packed.")
         if tokenizer.pad_token is None:
@@ -520,6 +521,9 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
         samples = sample_generations(trainer.model, tokenizer, data_args.sample_prompts, data_args.sample_new_tokens,
                                      seed=training_args.seed)
         results["samples"] = samples
+        gen = trainer.model.generation_config
+        results["sampling"] = (f"sampled with temperature {gen.temperature}, top-k {gen.top_k}, seed "
+                               f"{training_args.seed}, {data_args.sample_new_tokens} new tokens per prompt")
         training = {
             "preset": model_args.preset if not (model_args.config or model_args.model_name_or_path) else "-",
             "steps": trainer.state.global_step if not results["stopped_by_time_limit"] else
@@ -557,6 +561,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
 def report(results: dict[str, Any]) -> str:
     lines = [f"held-out perplexity: {results['perplexity']:.2f}  (unigram baseline on the same tokens: "
              f"{results['unigram_perplexity']:.2f})"]
+    if results.get("samples"):
+        lines.append(f"samples ({results['sampling']}):")
     for text in results.get("samples", []):
         lines += ["-" * 40, text]
     lines.append("-" * 40)
