@@ -15,13 +15,12 @@ and a model card naming the source. --to-transformers SRC DST goes the other way
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
+from hf_xlstm.cli import run
 from hf_xlstm.conversion import (
-    ConversionError,
     convert_official_checkpoint,
     convert_transformers_checkpoint,
     hub_checkpoint_folder,
@@ -42,32 +41,31 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                         help="with --from transformers: cast the weights while reading (default: as stored)")
     parser.add_argument("--name", default=None, help="how the model card names the source (default: SRC)")
-    parser.add_argument("src", help="source folder (or, with --from transformers, a Hub model id)")
+    parser.add_argument("src", help="source folder (or, except with --from xlstm, a Hub model id)")
     parser.add_argument("dst", help="output folder")
     args = parser.parse_args(argv)
 
-    try:
-        if args.to_transformers:
-            from hf_xlstm import xLSTMForCausalLM
+    if not args.to_transformers and args.source is None:
+        parser.error("give --from transformers, --from xlstm or --to-transformers")
+    src = args.src
+    if not Path(src).is_dir():
+        if args.source == "xlstm" and not args.to_transformers:
+            raise FileNotFoundError(f"Source folder {src!r} does not exist; --from xlstm converts a local "
+                                    "checkpoint folder (config.yaml or config.json and the weights).")
+        args.name = args.name or src  # a Hub id: config, weights and tokenizer are fetched (or taken from the cache)
+        src = hub_checkpoint_folder(src, {})
+    if args.to_transformers:
+        from hf_xlstm import xLSTMForCausalLM
 
-            out = save_as_transformers(xLSTMForCausalLM.from_pretrained(args.src), args.dst, args.weight_mode)
-        elif args.source == "transformers":
-            src = args.src
-            if not Path(src).is_dir():  # a Hub id: fetch config, weights and tokenizer (cached)
-                args.name = args.name or src
-                src = hub_checkpoint_folder(src, {})
-            out = convert_transformers_checkpoint(src, args.dst, source_name=args.name,
-                                                  dtype=DTYPES[args.dtype] if args.dtype else None)
-        elif args.source == "xlstm":
-            out = convert_official_checkpoint(args.src, args.dst, source_name=args.name)
-        else:
-            parser.error("give --from transformers, --from xlstm or --to-transformers")
-    except (ConversionError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        out = save_as_transformers(xLSTMForCausalLM.from_pretrained(src), args.dst, args.weight_mode)
+    elif args.source == "transformers":
+        out = convert_transformers_checkpoint(src, args.dst, source_name=args.name,
+                                              dtype=DTYPES[args.dtype] if args.dtype else None)
+    else:
+        out = convert_official_checkpoint(src, args.dst, source_name=args.name)
     print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -7,7 +7,8 @@
 
 --tasks takes lm-eval task names and the aliases "local" (xlstm_heldout_ppl, xlstm_last_word,
 xlstm_assoc_recall: shipped with hf_xlstm, no download), "standard" (common zero-shot tasks, datasets from the
-Hub) and "auto" (local, plus standard when the Hub is reachable).
+Hub) and "auto" (local, plus standard when the Hub is reachable; the standard tasks left out are listed on stderr and
+in the results JSON under "skipped_tasks", with the reason).
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import argparse
 import json
 import sys
 
+from hf_xlstm.cli import run
 from hf_xlstm.evaluation import evaluate_folder
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,13 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-model-card", action="store_true", help="do not put the results into MODEL_DIR/README.md")
     p.add_argument("--heldout-file", default=None, help="text (.txt, blank-line separated) or .jsonl for the "
                                                          "held-out perplexity task instead of the shipped prose")
-    p.add_argument("--metadata", default=None, help='extra task metadata as JSON, e.g. \'{"recall_pairs": 16}\'')
+    p.add_argument("--metadata", type=json_object, default=None,
+                   help='extra task metadata as a JSON object, e.g. \'{"recall_pairs": 16}\'')
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    metadata = json.loads(args.metadata) if args.metadata else {}
+    metadata = args.metadata or {}
     if args.heldout_file:
         metadata["heldout_file"] = args.heldout_file
     results, json_path, card_path = evaluate_folder(
@@ -50,8 +63,13 @@ def main(argv=None) -> dict:
 
     print(make_table(results))
     print(f"results: {json_path}" + (f"\nmodel card: {card_path}" if card_path else ""))
+    by_reason: dict[str, list[str]] = {}
+    for task, reason in results["skipped_tasks"].items():
+        by_reason.setdefault(reason, []).append(task)
+    for reason, tasks in by_reason.items():
+        print(f"skipped {', '.join(tasks)}: {reason}", file=sys.stderr)
     return results
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)

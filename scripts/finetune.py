@@ -12,8 +12,8 @@ tokenizer to OUT_DIR; --lora saves the adapter to OUT_DIR/adapter and the merged
 from __future__ import annotations
 
 import argparse
-import sys
 
+from hf_xlstm.cli import run
 from hf_xlstm.finetuning import finetune
 
 
@@ -71,4 +71,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)

@@ -13,7 +13,8 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from hf_xlstm.cli import run  # noqa: E402
 from hf_xlstm.pretraining import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -7,7 +7,8 @@ The folder is staged first: its top-level files except pickles (training_args.bi
 hidden files, without subfolders (checkpoint-*, runs/), and the model card is written again for the repo id
 from the template in model_cards/ (keeping the training, data and evaluation facts stored with the folder).
 --dry-run stops there and lists the staged files: exactly what an upload sends. An upload creates the repo
-(if needed), asks the Hub to validate the card's metadata, and uploads the staged folder in one commit.
+(if needed), asks the Hub to validate the card's metadata, and uploads the staged folder in one commit. The staging
+folder is a temporary one, removed at the end, unless --staging-dir names one to keep (to look at the card).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import argparse
 import fnmatch
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
+from hf_xlstm.cli import run
 from hf_xlstm.model_card import validate_model_card, write_model_card
 
 SKIP = ("training_args.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", ".*")
@@ -70,7 +71,9 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="the saved model folder")
     parser.add_argument("--repo-id", required=True, help="the Hub repo, 'user/name' or 'org/name'")
     parser.add_argument("--dry-run", action="store_true", help="stage and list the files, upload nothing")
-    parser.add_argument("--stage", type=Path, default=None, help="staging folder (default: a new temporary one)")
+    parser.add_argument("--staging-dir", "--stage", type=Path, default=None,
+                        help="stage into this (new or empty) folder and keep it (default: a temporary folder, "
+                             "removed at the end)")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--revision", default=None, help="branch to upload to (default: main)")
     parser.add_argument("--commit-message", default="Upload xLSTM model (hf_xlstm)")
@@ -79,19 +82,25 @@ def main(argv=None) -> int:
     if args.repo_id.count("/") > 1 or not args.repo_id.strip("/"):
         parser.error(f"--repo-id must look like 'user/name', got {args.repo_id!r}")
 
-    destination = args.stage or Path(tempfile.mkdtemp(prefix="hf_xlstm_upload_"))
-    try:
-        files = stage(args.folder, destination, args.repo_id)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.staging_dir is not None:
+        push(args, args.staging_dir)
+        print(f"staged files kept in {args.staging_dir}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="hf_xlstm_upload_") as staging:
+            push(args, Path(staging))
+    return 0
+
+
+def push(args: argparse.Namespace, destination: Path) -> None:
+    """Stage into `destination`, list the files and, unless --dry-run, upload them."""
+    files = stage(args.folder, destination, args.repo_id)
     total = sum(p.stat().st_size for p in files)
-    print(f"{'would upload' if args.dry_run else 'uploading'} {len(files)} files ({total / 1e6:.2f} MB) from "
-          f"{destination} to https://huggingface.co/{args.repo_id}:")
+    print(f"{'would upload' if args.dry_run else 'uploading'} {len(files)} files ({total / 1e6:.2f} MB) to "
+          f"https://huggingface.co/{args.repo_id}:")
     for path in files:
         print(f"  {path.stat().st_size:>12,d}  {path.name}")
     if args.dry_run:
-        return 0
+        return
 
     from huggingface_hub import HfApi
 
@@ -103,8 +112,7 @@ def main(argv=None) -> int:
     api.upload_folder(folder_path=str(destination), repo_id=args.repo_id, repo_type="model",
                       revision=args.revision, commit_message=args.commit_message)
     print(f"uploaded: {url}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

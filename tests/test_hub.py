@@ -130,8 +130,9 @@ def test_push_dry_run_stages_exactly_the_upload(run, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": ""}
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "push_to_hub.py"), str(folder), "--repo-id", "someone/xlstm-micro",
-         "--dry-run", "--stage", str(stage)], capture_output=True, text=True, timeout=300, env=env)
+         "--dry-run", "--staging-dir", str(stage)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"staged files kept in {stage}" in result.stdout
     staged = sorted(p.name for p in stage.iterdir())
     expected = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "training_args.bin")
     assert staged == expected
@@ -146,11 +147,28 @@ def test_push_dry_run_stages_exactly_the_upload(run, tmp_path):
         assert (stage / name).read_bytes() == (folder / name).read_bytes()
 
 
+def test_push_dry_run_leaves_no_staging_folder_behind(run, tmp_path):
+    """Without --staging-dir the files are staged in a temporary folder, removed once they are listed."""
+    folder, _ = run
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "", "TMPDIR": str(temp)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "push_to_hub.py"), str(folder), "--repo-id", "someone/x",
+         "--dry-run"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "would upload" in result.stdout and "model.safetensors" in result.stdout
+    # torch may leave its own caches in TMPDIR; nothing staged may be left there
+    staged = {p.name for p in folder.iterdir() if p.is_file()}
+    left = [p for p in temp.rglob("*") if p.name.startswith("hf_xlstm_upload_") or p.name in staged]
+    assert not left, left
 
-def test_push_refuses_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
+
+def test_push_refuses_a_folder_that_is_not_a_saved_model(tmp_path):
     spec = importlib.util.spec_from_file_location("push_to_hub", ROOT / "scripts" / "push_to_hub.py")
     push = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(push)
     (tmp_path / "empty").mkdir()
-    assert push.main([str(tmp_path / "empty"), "--repo-id", "a/b", "--dry-run"]) == 2
-    assert "missing config.json" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="missing config.json"):  # hf_xlstm.cli.run makes it one `error:` line
+        push.main([str(tmp_path / "empty"), "--repo-id", "a/b", "--dry-run", "--staging-dir", str(tmp_path / "s")])
+    assert not (tmp_path / "s").exists()

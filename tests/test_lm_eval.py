@@ -85,8 +85,9 @@ def _metrics(results: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- local task data
 def test_local_task_data(tokenizer, tmp_path):
-    from hf_xlstm.evaluation import (assoc_recall_dataset, heldout_dataset, last_word_dataset, resolve_tasks,
-                                     hub_reachable, vocabulary_words)
+    from hf_xlstm.evaluation import (HUB_UNREACHABLE, LOCAL_TASKS, STANDARD_TASKS, assoc_recall_dataset,
+                                     heldout_dataset, hub_reachable, last_word_dataset, resolve_tasks, select_tasks,
+                                     vocabulary_words)
 
     words = vocabulary_words(tokenizer)
     assert len(words) >= 16 and {"the", "river", "memory"} <= set(words)
@@ -119,8 +120,14 @@ def test_local_task_data(tokenizer, tmp_path):
     assert not hub_reachable()  # the tests run with HF_HUB_OFFLINE=1
     assert resolve_tasks("auto") == ["xlstm_heldout_ppl", "xlstm_last_word", "xlstm_assoc_recall"]
     assert resolve_tasks("local,lambada_openai", hub=False)[-1] == "lambada_openai"
-    with pytest.raises(RuntimeError, match="Hub"):
+    with pytest.raises(ValueError, match="Hub"):
         resolve_tasks("standard")
+    # what "auto" leaves out without the Hub, and why; a standard task named as well is not left out
+    names, skipped = select_tasks("auto", hub=False)
+    assert names == list(LOCAL_TASKS) and skipped == dict.fromkeys(STANDARD_TASKS, HUB_UNREACHABLE)
+    names, skipped = select_tasks("auto,hellaswag", hub=False)
+    assert names[-1] == "hellaswag" and "hellaswag" not in skipped and len(skipped) == len(STANDARD_TASKS) - 1
+    assert select_tasks("auto", hub=True) == ([*LOCAL_TASKS, *STANDARD_TASKS], {})
 
 
 # ---------------------------------------------------------------------------------------------------- CLI and script
@@ -172,6 +179,22 @@ def test_evaluate_script_and_lm_eval_cli(folders, heldout_file, tmp_path):
     assert set(api) <= set(cli) and len(api) >= 6
     for key in api:
         assert cli[key] == pytest.approx(api[key], rel=1e-6, abs=1e-9), key
+
+
+def test_evaluate_script_offline_says_which_standard_tasks_it_skipped(folders, tmp_path, capsys):
+    """The default task set offline runs the local tasks and names the standard ones it left out, and why: on
+    stderr, one line per reason, and in the results JSON."""
+    from hf_xlstm.evaluation import HUB_UNREACHABLE, LOCAL_TASKS, STANDARD_TASKS
+
+    out = tmp_path / "results.json"
+    results = _load_script("evaluate").main([str(folders["paper"]), "--limit", "2", "--batch-size", "2",
+                                             "--no-model-card", "--output", str(out)])
+    record = json.loads(out.read_text())
+    assert set(record["summary"]) >= set(LOCAL_TASKS) and not set(record["results"]) & set(STANDARD_TASKS)
+    assert record["skipped_tasks"] == results["skipped_tasks"] == dict.fromkeys(STANDARD_TASKS, HUB_UNREACHABLE)
+    err = capsys.readouterr().err
+    assert f"skipped {', '.join(STANDARD_TASKS)}: {HUB_UNREACHABLE}\n" in err
+    assert "lambada_openai" in err and "not reachable" in err and "HF_HUB_OFFLINE" in err
 
 
 # ---------------------------------------------------------------------------------------------------- Python API

@@ -1,10 +1,16 @@
-"""The GPU benchmark scripts refuse clearly on a machine without CUDA (CI has none), instead of crashing."""
+"""The GPU benchmark scripts refuse clearly on a machine without CUDA (CI has none), instead of crashing; a user's
+mistake in any script is one `error:` line and exit code 2, a bug keeps its traceback."""
 
+import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from hf_xlstm.cli import run
+from hf_xlstm.conversion import ConversionError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +39,63 @@ def test_bench_model_smoke_on_cpu(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["model"] for r in rows} == {"paper xLSTM[7:1]", "large (7B block)"}
     assert all(r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["train_tok_s"] > 0 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------- user errors
+# (script, arguments, what the one line must say). Each fails before any model or data loading, except the unknown
+# preset, which the pretraining run finds once the data is read: a small corpus keeps that short.
+USER_ERRORS = [
+    ("pretrain.py", ["--max_steps", "x"], "--max_steps"),
+    ("pretrain.py", ["--preset", "nosuch", "--max_corpus_chars", "200000", "--tokenizer_vocab_size", "300",
+                     "--output_dir", "{tmp}/out"], "Unknown preset 'nosuch'"),
+    ("evaluate.py", ["{tmp}/missing"], "does not exist"),
+    ("evaluate.py", ["{tmp}", "--tasks", "hellaswg"], "'hellaswg' (close: hellaswag"),
+    ("evaluate.py", ["{tmp}", "--metadata", "{{recall_pairs: 4}}"], "argument --metadata: not valid JSON"),
+    ("finetune.py", ["{tmp}/missing", "{tmp}/out", "--train-files", "a.txt"], "is not a saved model folder"),
+    ("push_to_hub.py", ["{tmp}", "--repo-id", "a/b", "--dry-run"], "missing config.json"),
+    ("push_to_hub.py", ["{tmp}", "--repo-id", "a/b/c", "--dry-run"], "--repo-id must look like 'user/name'"),
+    ("convert_checkpoint.py", ["--from", "transformers", "./does-not-exist", "{tmp}/out"],
+     "'./does-not-exist' does not exist"),
+    ("convert_checkpoint.py", ["--from", "xlstm", "{tmp}", "{tmp}/out"], "has no config.yaml or config.json"),
+]
+
+
+@pytest.mark.parametrize("script, args, needle", USER_ERRORS,
+                         ids=[f"{s[:-3]}-{i}" for i, (s, _, _) in enumerate(USER_ERRORS)])
+def test_user_error_is_one_line_and_exit_code_2(script, args, needle, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *(a.format(tmp=tmp_path) for a in args)],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+
+
+def test_run_keeps_the_traceback_of_a_bug(capsys):
+    def bug(argv):
+        raise KeyError("not the user's fault")
+
+    def mistake(argv):
+        raise ConversionError("a.safetensors lacks 'x';\n  give a full checkpoint.")
+
+    with pytest.raises(KeyError):
+        run(bug, [])
+    with pytest.raises(SystemExit) as exit_:
+        run(mistake, [])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: a.safetensors lacks 'x'; give a full checkpoint.\n"
+    with pytest.raises(SystemExit) as exit_:
+        run(lambda argv: {"result": argv}, ["--flag"])  # a main that returns its results: success
+    assert exit_.value.code == 0
+
+    def parse(argv):
+        parser = argparse.ArgumentParser(prog="script.py")
+        parser.add_argument("--steps", type=int)
+        return parser.parse_args(argv)
+
+    error = argparse.ArgumentParser.error
+    with pytest.raises(SystemExit) as exit_:
+        run(parse, ["--steps", "x"])
+    assert exit_.value.code == 2 and argparse.ArgumentParser.error is error  # argparse as it was, afterwards
+    assert capsys.readouterr().err == "error: argument --steps: invalid int value: 'x' (see script.py --help)\n"

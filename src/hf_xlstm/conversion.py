@@ -798,6 +798,10 @@ def hub_checkpoint_folder(name: str, hub_kwargs: Mapping[str, Any] | None = None
     """A local folder with the config, weights and tokenizer files of a Hub repo (downloaded or cached)."""
     from huggingface_hub import snapshot_download
 
+    if not _looks_like_hub_id(name):  # a local path that is not there: say so, not how Hub ids are spelled
+        what = "is not a folder" if Path(name).exists() else "does not exist"
+        raise FileNotFoundError(f"Source folder {name!r} {what}, and it is not a Hub model id ('owner/name'); "
+                                "give the checkpoint's folder or its Hub id.")
     allowed = ["*config.json", "*.safetensors", "*model.safetensors.index.json", *(f"*{f}" for f in TOKENIZER_FILES)]
     keys = ("revision", "cache_dir", "token", "local_files_only", "force_download")
     return Path(snapshot_download(name, allow_patterns=allowed, **{k: v for k, v in (hub_kwargs or {}).items()

@@ -186,32 +186,63 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_tasks(spec: str | list[str] | tuple[str, ...], hub: bool | None = None) -> list[str]:
-    """Expand task aliases: "local" (the shipped tasks), "standard" (STANDARD_TASKS, need the Hub), "auto" (local,
-    plus standard when the Hub is reachable). Other names pass through. `hub=None` checks the Hub when needed."""
+HUB_UNREACHABLE = ("the dataset comes from the Hugging Face Hub, which is not reachable (or HF_HUB_OFFLINE / "
+                   "HF_DATASETS_OFFLINE is set)")
+
+
+def select_tasks(spec: str | list[str] | tuple[str, ...], hub: bool | None = None,
+                 ) -> tuple[list[str], dict[str, str]]:
+    """The tasks to run and the ones left out: (names, {task: reason}). Aliases: "local" (the shipped tasks),
+    "standard" (STANDARD_TASKS; their datasets come from the Hub, so without it this is an error), "auto" (local,
+    plus standard when the Hub is reachable; otherwise standard is left out, with the reason). Other names pass
+    through. `hub=None` checks the Hub when needed."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
         raise ValueError("No tasks given: name lm-eval tasks, or use 'local', 'standard' or 'auto'.")
     out: list[str] = []
+    skipped: dict[str, str] = {}
     for name in names:
-        if name == "local":
+        if name in ("local", LOCAL_GROUP):
             out += LOCAL_TASKS
         elif name in ("standard", "auto"):
             hub = hub_reachable() if hub is None else hub
+            out += LOCAL_TASKS * (name == "auto")
             if hub:
-                out += LOCAL_TASKS * (name == "auto") + STANDARD_TASKS
+                out += STANDARD_TASKS
             elif name == "standard":
-                raise RuntimeError(
+                raise ValueError(
                     "The standard lm-eval tasks download their datasets from the Hugging Face Hub, which is not "
                     "reachable (or HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set). Use tasks='local' offline."
                 )
             else:
-                out += LOCAL_TASKS
-        elif name == LOCAL_GROUP:
-            out += LOCAL_TASKS
+                skipped.update(dict.fromkeys(STANDARD_TASKS, HUB_UNREACHABLE))
         else:
             out.append(name)
-    return list(dict.fromkeys(out))
+    out = list(dict.fromkeys(out))
+    return out, {task: reason for task, reason in skipped.items() if task not in out}
+
+
+def resolve_tasks(spec: str | list[str] | tuple[str, ...], hub: bool | None = None) -> list[str]:
+    """The task names `select_tasks` runs (aliases expanded)."""
+    return select_tasks(spec, hub)[0]
+
+
+def check_task_names(names: list[str]) -> None:
+    """Raise a ValueError naming the tasks lm-eval does not know, before a model is loaded for nothing (lm-eval
+    itself finds out after loading the model). Indexing lm-eval's own tasks takes seconds, so only names that are
+    neither local tasks nor YAML files are looked up."""
+    unknown = [n for n in names if n not in (*LOCAL_TASKS, LOCAL_GROUP) and not Path(n).is_file()]
+    if not unknown:
+        return
+    known = set(task_manager(include_defaults=True).all_tasks)
+    unknown = [n for n in unknown if n not in known]
+    if unknown:
+        import difflib
+
+        close = sorted({m for n in unknown for m in difflib.get_close_matches(n, known, n=3)})
+        raise ValueError(f"Unknown lm-eval task {', '.join(map(repr, unknown))}"
+                         + (f" (close: {', '.join(close)})" if close else "")
+                         + ": name tasks as `lm-eval ls tasks` lists them, or use 'local', 'standard' or 'auto'.")
 
 
 def evaluate(model, tokenizer=None, tasks: str | list[str] = "local", *, batch_size: int = 8, limit: int | None = None,
@@ -374,8 +405,20 @@ def evaluate_folder(folder: str | Path, tasks: str | list[str] = "auto", *, outp
                     model_card: bool = True, **evaluate_kwargs) -> tuple[dict, Path, Path | None]:
     """What scripts/evaluate.py does: `evaluate(folder, tasks=...)`, the results JSON (default
     folder/eval_results.json) and, with `model_card`, the results in folder/README.md. Returns (lm-eval results,
-    JSON path, card path or None)."""
-    results = evaluate(str(folder), tasks=tasks, **evaluate_kwargs)
-    json_path = write_results(results, output or Path(folder) / RESULTS_FILE, model_name=Path(folder).name)
+    JSON path, card path or None). Tasks an alias left out (see `select_tasks`: the standard ones of "auto" when
+    the Hub is not reachable) are in the results and the JSON under "skipped_tasks", {task: reason}."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Model folder {str(folder)!r} does not exist; give a folder saved with "
+                                "save_pretrained (e.g. the output folder of scripts/pretrain.py).")
+    names, skipped = select_tasks(tasks)
+    check_task_names(names)
+    results = evaluate(str(folder), tasks=names, **evaluate_kwargs)
+    results["skipped_tasks"] = skipped
+    json_path = Path(output) if output else folder / RESULTS_FILE
+    json_path = json_path / RESULTS_FILE if json_path.is_dir() else json_path
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**results_record(results, model_name=folder.name), "skipped_tasks": skipped}
+    json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     card_path = update_model_card(folder, results) if model_card else None
     return results, json_path, card_path

@@ -145,6 +145,10 @@ def parse_args(argv: Sequence[str] | None = None):
         model_args, data_args, training_args = parser.parse_json_file(argv[0])
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    # the model flags are checked here, before any data is read or a tokenizer trained
+    config_overrides(model_args)
+    if model_args.preset and not (model_args.config or model_args.model_name_or_path):
+        preset_config(model_args.preset)
     if training_args.fsdp and training_args.device.type == "cpu":
         # accelerate only shards on accelerators; on a CPU the flag would be dropped and DDP run instead.
         raise ValueError("--fsdp needs GPUs (accelerate ignores it on CPUs and would silently run DDP). On CPUs, "
@@ -328,7 +332,11 @@ def config_overrides(model_args: ModelArguments) -> dict[str, Any]:
             overrides[key] = getattr(model_args, key)
     if model_args.slstm_at is not None:
         text = model_args.slstm_at.strip().lower()
-        overrides["slstm_at"] = [] if text in ("", "none") else [int(x) for x in text.split(",")]
+        try:
+            overrides["slstm_at"] = [] if text in ("", "none") else [int(x) for x in text.split(",")]
+        except ValueError:
+            raise ValueError(f"--slstm_at {model_args.slstm_at!r}: give block indices separated by commas, e.g. "
+                             "'1,3', or 'none' for mLSTM blocks only.") from None
     unknown = [k for k in overrides if k not in xLSTMConfig().to_dict()]
     if unknown:
         raise ValueError(f"Unknown config fields {unknown}; see xLSTMConfig's docstring for the fields.")

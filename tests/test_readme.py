@@ -1,0 +1,71 @@
+"""The README's flows run as written, top to bottom, in a scratch folder: every fenced block that follows a
+`<!-- README test: run -->` line, bash blocks in a shell, python blocks in one shared namespace (as a reader
+pastes them into one session). Blocks that need the Hub, a GPU or an hour are left unmarked.
+
+Where the README's sizes would not fit a test run, the test runs smaller ones: CUTS lists each change, and each
+one's README text must still be there, so the README cannot drift away from what the test runs."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MARK = "<!-- README test: run -->"
+
+# (README text, what the test runs instead). Only sizes, step counts and the install step (done already) change.
+PRETRAIN_TINY = ("--preset micro --max_corpus_chars 200000 --tokenizer_vocab_size 1000 --block_size 32 --max_steps 4 "
+                 "--save_steps 2 --logging_steps 2 --max_eval_blocks 8 --sample_new_tokens 8")
+CUTS = [
+    ("pip install torch==2.13.0 && pip install -e . && python scripts/pretrain.py\n",
+     f"python scripts/pretrain.py {PRETRAIN_TINY}\n"),
+    ("--ddp_backend gloo --output_dir outputs/ddp\n", f"--ddp_backend gloo --output_dir outputs/ddp {PRETRAIN_TINY}\n"),
+    ("--max-steps 500 --block-size 256", "--max-steps 2 --block-size 32"),
+    ("--lora --lora-r 16 --max-steps 500", "--lora --lora-r 16 --max-steps 2 --block-size 32"),
+    ("--tasks xlstm_local \\\n", "--tasks xlstm_local --limit 4 \\\n"),
+    ("--tasks local --limit 100", "--tasks local --limit 4"),
+    ('tasks=["xlstm_local"], batch_size=8)', 'tasks=["xlstm_local"], batch_size=8, limit=4)'),
+    ('tasks=["xlstm_local"],\n                        task_manager', 'tasks=["xlstm_local"], limit=4,\n'
+                                                                       '                        task_manager'),
+]
+
+
+def runnable_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block right after a MARK line, in document order."""
+    pattern = re.compile(re.escape(MARK) + r"\n```(\w+)\n(.*?)\n```", re.S)
+    return [(m.group(1), m.group(2) + "\n") for m in pattern.finditer(text)]
+
+
+def test_every_cut_still_matches_the_readme():
+    text = (REPO / "README.md").read_text()
+    for readme_text, _ in CUTS:
+        assert text.count(readme_text) == 1, f"README no longer says {readme_text!r} (once): update CUTS"
+    blocks = runnable_blocks(text)
+    assert len(blocks) >= 8 and text.count(MARK) == len(blocks), "a mark not followed by a fenced block"
+    assert {lang for lang, _ in blocks} == {"bash", "python"}
+
+
+def test_readme_flows_run_as_written(tmp_path, monkeypatch):
+    text = (REPO / "README.md").read_text()
+    for readme_text, test_text in CUTS:
+        text = text.replace(readme_text, test_text)
+    (tmp_path / "scripts").symlink_to(REPO / "scripts")
+    (tmp_path / "README.md").symlink_to(REPO / "README.md")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__readme__"}
+    for number, (language, code) in enumerate(runnable_blocks(text), 1):
+        if language == "bash":
+            done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert done.returncode == 0, f"README block {number} failed:\n{code}\n{done.stdout[-3000:]}" \
+                                         f"\n{done.stderr[-3000:]}"
+        else:
+            exec(compile(code, f"README.md block {number}", "exec"), namespace)
+    # what the flows promise to leave behind
+    for folder in ("outputs/xlstm-tiny-stdlib", "my-xlstm", "my-xlstm-ft", "my-xlstm-lora"):
+        assert (tmp_path / folder / "config.json").is_file(), folder
+        assert (tmp_path / folder / "tokenizer.json").is_file(), folder
+    assert (tmp_path / "my-xlstm" / "eval_results.json").is_file()
