@@ -36,33 +36,17 @@ three kernels) and the sequential state kernels; L=128 and 4 warps were slower.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-__all__ = ["mlstm_chunkwise_triton", "mlstm_step_triton", "unsupported_reason"]
+from .triton_common import alloc, dot_precision, logsigmoid, on_device_of
 
-# Tests set this to True so that every output buffer starts as NaN: an element a kernel forgets
-# to write then fails the comparison instead of silently holding stale memory.
-POISON_ALLOCATIONS = False
+__all__ = ["mlstm_chunkwise_triton", "mlstm_step_triton", "unsupported_reason"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MIN_CHUNK, _MAX_CHUNK = 16, 128
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _alloc(shape, device, dtype=torch.float32):
-    if POISON_ALLOCATIONS:
-        # Integer buffers hold indices: poison them with one that is out of every range.
-        fill = float("nan") if dtype.is_floating_point else 2**30
-        return torch.full(shape, fill, device=device, dtype=dtype)
-    return torch.empty(shape, device=device, dtype=dtype)
 
 
 def _pow2_tile(dim: int, cap: int) -> int:
@@ -80,7 +64,7 @@ def unsupported_reason(q: torch.Tensor, v: torch.Tensor, chunk_size: int | None)
     return None
 
 
-# ============================================================================ kernels: forward
+# ============================================================================ kernels: helpers
 
 
 @triton.jit
@@ -94,6 +78,96 @@ def _dot(a, b, DOT_F32: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
+def _chunk_steps(bh, c, T, NC, L: tl.constexpr):
+    """The steps t of chunk c, which of them exist (t < T), their rows in the (B*H*T, .) inputs,
+    and the chunk's index in the (BH, NC + 1, .) and (BH, NC, .) state buffers."""
+    t = c * L + tl.arange(0, L)
+    mt = t < T
+    row = (bh * T + t).to(tl.int64)
+    st = (bh * (NC + 1) + c).to(tl.int64)
+    sc = (bh * NC + c).to(tl.int64)
+    return t, mt, row, st, sc
+
+
+@triton.jit
+def _chunk_gates(B_ptr, I_ptr, bh, c, NC, L: tl.constexpr):
+    """Chunk c's gates from the (BH, NC*L) buffers: the within-chunk cumulative log forget gates b,
+    the input gates i, and g = b_L. (A kernel that leaves one unused does not load it on a GPU.)"""
+    offs_l = tl.arange(0, L)
+    Tp = NC * L
+    b = tl.load(B_ptr + bh * Tp + c * L + offs_l)
+    ig = tl.load(I_ptr + bh * Tp + c * L + offs_l)
+    g = tl.load(B_ptr + bh * Tp + c * L + L - 1)
+    return b, ig, g
+
+
+@triton.jit
+def _load_rows(ptr, row, mt, offs, D):
+    """The (steps, tile) block of a (rows, D) tensor: rows `row` (0 where not mt), columns offs."""
+    return tl.load(ptr + row[:, None] * D + offs[None, :], mask=mt[:, None] & (offs < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, row, mt, offs, D, x):
+    tl.store(ptr + row[:, None] * D + offs[None, :], x.to(ptr.dtype.element_ty), mask=mt[:, None] & (offs < D)[None, :])
+
+
+@triton.jit
+def _state_tile(ptr, s, offs_k, offs_v, DK, DV):
+    """Pointers and mask of the (K tile, V tile) block of state s in a (., DK, DV) buffer."""
+    return ptr + s * DK * DV + offs_k[:, None] * DV + offs_v[None, :], (offs_k < DK)[:, None] & (offs_v < DV)[None, :]
+
+
+@triton.jit
+def _load_state(ptr, s, offs_k, offs_v, DK, DV):
+    p, mask = _state_tile(ptr, s, offs_k, offs_v, DK, DV)
+    return tl.load(p, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_state(ptr, s, offs_k, offs_v, DK, DV, x):
+    p, mask = _state_tile(ptr, s, offs_k, offs_v, DK, DV)
+    tl.store(p, x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _qk_tile(Q_ptr, K_ptr, row, mt, k0, DK, BK: tl.constexpr, DOT_F32: tl.constexpr, DT: tl.constexpr):
+    """The K tile at k0 of a chunk's q and k, and its term of the scores q k^T (L x L). The kernels
+    sum that over the tiles in the same loop as their other products of those tiles."""
+    offs_k = k0 + tl.arange(0, BK)
+    q = _load_rows(Q_ptr, row, mt, offs_k, DK)
+    k = _load_rows(K_ptr, row, mt, offs_k, DK)
+    return offs_k, q, k, _dot(q, tl.trans(k), DOT_F32, DT)
+
+
+@triton.jit
+def _intra_decay(b, ig, mo, mt, L: tl.constexpr):
+    """P_ts = exp(b_t - b_s + i_s - mo_t) for s <= t in the chunk; 0 above the diagonal and on
+    steps past T."""
+    offs_l = tl.arange(0, L)
+    keep = (offs_l[:, None] >= offs_l[None, :]) & mt[:, None]
+    return tl.where(keep, tl.exp(b[:, None] - b[None, :] + ig[None, :] - mo[:, None]), 0.0)
+
+
+@triton.jit
+def _out_scalars(MO_ptr, D_ptr, DDEN_ptr, bh, T, t, mt):
+    """The forward's output stabilizer mo_t and denominator D_t of the steps t, and dL/d den_t."""
+    mo = tl.load(MO_ptr + bh * T + t, mask=mt, other=0.0)
+    Dn = tl.load(D_ptr + bh * T + t, mask=mt, other=1.0)
+    dden = tl.load(DDEN_ptr + bh * T + t, mask=mt, other=0.0)
+    return mo, Dn, dden
+
+
+@triton.jit
+def _dnum(DH_ptr, row, mt, offs_v, DV, Dn):
+    """dL/d num_t = dh_t / D_t on one V tile."""
+    return _load_rows(DH_ptr, row, mt, offs_v, DV).to(tl.float32) / Dn[:, None]
+
+
+# ============================================================================ kernels: forward
+
+
+@triton.jit
 def _fwd_states_kernel(
     K_ptr, V_ptr, B_ptr, I_ptr, C0_ptr, N0_ptr, M0_ptr,
     Cs_ptr, CN_ptr, Ns_ptr, Ms_ptr, MSRC_ptr,
@@ -103,20 +177,14 @@ def _fwd_states_kernel(
 ):
     """Chunk-start states C_c (c < NC, stored in Cs's dtype), n_c, m_c (c <= NC, fp32) and the
     final state C_NC (fp32, in CN)."""
-    bh = tl.program_id(0)
-    kt = tl.program_id(1)
-    vt = tl.program_id(2)
-    offs_l = tl.arange(0, L)
+    bh, kt, vt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = kt * BK + tl.arange(0, BK)
     offs_v = vt * BV + tl.arange(0, BV)
     mk = offs_k < DK
-    mv = offs_v < DV
-    mkv = mk[:, None] & mv[None, :]
     lead = (kt == 0) & (vt == 0)
-    Tp = NC * L
 
     if HAS_INIT:
-        C = tl.load(C0_ptr + bh * DK * DV + offs_k[:, None] * DV + offs_v[None, :], mask=mkv, other=0.0)
+        C = _load_state(C0_ptr, bh, offs_k, offs_v, DK, DV)
         n = tl.load(N0_ptr + bh * DK + offs_k, mask=mk, other=0.0)
         m = tl.load(M0_ptr + bh)
     else:
@@ -125,22 +193,16 @@ def _fwd_states_kernel(
         m = tl.sum(tl.zeros((1,), dtype=tl.float32), 0)
 
     for c in range(NC):
-        st = (bh * (NC + 1) + c).to(tl.int64)
-        sc = (bh * NC + c).to(tl.int64)
-        tl.store(Cs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :], C.to(Cs_ptr.dtype.element_ty), mask=mkv)
+        _, mt, row, st, sc = _chunk_steps(bh, c, T, NC, L)
+        _store_state(Cs_ptr, sc, offs_k, offs_v, DK, DV, C)
         if vt == 0:
             tl.store(Ns_ptr + st * DK + offs_k, n, mask=mk)
         if lead:
             tl.store(Ms_ptr + st, m)
 
-        t = c * L + offs_l
-        mt = t < T
-        row = (bh * T + t).to(tl.int64)
-        kc = tl.load(K_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        vc = tl.load(V_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        b = tl.load(B_ptr + bh * Tp + c * L + offs_l)
-        ig = tl.load(I_ptr + bh * Tp + c * L + offs_l)
-        g = tl.load(B_ptr + bh * Tp + c * L + L - 1)
+        kc = _load_rows(K_ptr, row, mt, offs_k, DK)
+        vc = _load_rows(V_ptr, row, mt, offs_v, DV)
+        b, ig, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
         a = g - b + ig
         a_max = tl.max(a, 0)
         m_new = tl.maximum(g + m, a_max)
@@ -157,7 +219,7 @@ def _fwd_states_kernel(
         m = m_new
 
     st = (bh * (NC + 1) + NC).to(tl.int64)
-    tl.store(CN_ptr + bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :], C, mask=mkv)
+    _store_state(CN_ptr, bh.to(tl.int64), offs_k, offs_v, DK, DV, C)
     if vt == 0:
         tl.store(Ns_ptr + st * DK + offs_k, n, mask=mk)
     if lead:
@@ -173,36 +235,23 @@ def _fwd_out_kernel(
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """Outputs of one chunk and one V tile, from the chunk-start state."""
-    bh = tl.program_id(0)
-    c = tl.program_id(1)
-    vt = tl.program_id(2)
+    bh, c, vt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_l = tl.arange(0, L)
     offs_v = vt * BV + tl.arange(0, BV)
-    mv = offs_v < DV
-    Tp = NC * L
-    t = c * L + offs_l
-    mt = t < T
-    row = (bh * T + t).to(tl.int64)
-    st = (bh * (NC + 1) + c).to(tl.int64)
-    sc = (bh * NC + c).to(tl.int64)
+    t, mt, row, st, sc = _chunk_steps(bh, c, T, NC, L)
 
     S = tl.zeros((L, L), dtype=tl.float32)
     qC = tl.zeros((L, BV), dtype=tl.float32)
     qn = tl.zeros((L,), dtype=tl.float32)
     for k0 in range(0, DK, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        mk = offs_k < DK
-        q = tl.load(Q_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        k = tl.load(K_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        Cc = tl.load(Cs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                     mask=mk[:, None] & mv[None, :], other=0.0)
-        nc = tl.load(Ns_ptr + st * DK + offs_k, mask=mk, other=0.0)
-        S += _dot(q, tl.trans(k), DOT_F32, DT)
+        offs_k, q, k, qk = _qk_tile(Q_ptr, K_ptr, row, mt, k0, DK, BK, DOT_F32, DT)
+        Cc = _load_state(Cs_ptr, sc, offs_k, offs_v, DK, DV)
+        nc = tl.load(Ns_ptr + st * DK + offs_k, mask=offs_k < DK, other=0.0)
+        S += qk
         qC += _dot(q, Cc, DOT_F32, DT)
         qn += tl.sum(q.to(tl.float32) * nc[None, :], 1)
 
-    b = tl.load(B_ptr + bh * Tp + c * L + offs_l)
-    ig = tl.load(I_ptr + bh * Tp + c * L + offs_l)
+    b, ig, _ = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
     m_c = tl.load(Ms_ptr + st)
     causal = offs_l[:, None] >= offs_l[None, :]
     logD = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
@@ -213,13 +262,13 @@ def _fwd_out_kernel(
     gam = tl.exp(m_inter - mo)
     W = S * scale * P
 
-    v = tl.load(V_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
+    v = _load_rows(V_ptr, row, mt, offs_v, DV)
     num = _dot(W, v, DOT_F32, DT) + (gam * scale)[:, None] * qC
     den = tl.sum(W, 1) + gam * scale * qn
     e_mo = tl.exp(-mo)
     Dn = tl.maximum(tl.abs(den), e_mo) + eps
     h = num / Dn[:, None]
-    tl.store(H_ptr + row[:, None] * DV + offs_v[None, :], h.to(H_ptr.dtype.element_ty), mask=mt[:, None] & mv[None, :])
+    _store_rows(H_ptr, row, mt, offs_v, DV, h)
 
     if vt == 0:
         tl.store(MO_ptr + bh * T + t, mo, mask=mt)
@@ -238,7 +287,7 @@ def _fwd_out_kernel(
 
 @triton.jit
 def _bwd_states_kernel(
-    Q_ptr, DH_ptr, B_ptr, Ms_ptr, MO_ptr, D_ptr, DDEN_ptr, DCN_ptr, DNN_ptr,
+    Q_ptr, DH_ptr, B_ptr, I_ptr, Ms_ptr, MO_ptr, D_ptr, DDEN_ptr, DCN_ptr, DNN_ptr,
     dCs_ptr, dC0_ptr, dNs_ptr,
     T, NC, DK, DV, scale,
     HAS_DFINAL: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -247,19 +296,13 @@ def _bwd_states_kernel(
     """Gradients of the chunk-start states, dC_c and dn_c for c = NC..0, backwards over chunks:
     dC_c = exp(g + m_c - m_{c+1}) dC_{c+1} + sum_t exp(b_t + m_c - mo_t) q_t dnum_t^T.
     dC_c for c >= 1 goes to dCs[c - 1] (in dCs's dtype), dC_0 to dC0 (fp32); dn_c to dNs[c]."""
-    bh = tl.program_id(0)
-    kt = tl.program_id(1)
-    vt = tl.program_id(2)
-    offs_l = tl.arange(0, L)
+    bh, kt, vt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = kt * BK + tl.arange(0, BK)
     offs_v = vt * BV + tl.arange(0, BV)
     mk = offs_k < DK
-    mv = offs_v < DV
-    mkv = mk[:, None] & mv[None, :]
-    Tp = NC * L
 
     if HAS_DFINAL:
-        dC = tl.load(DCN_ptr + bh * DK * DV + offs_k[:, None] * DV + offs_v[None, :], mask=mkv, other=0.0)
+        dC = _load_state(DCN_ptr, bh, offs_k, offs_v, DK, DV)
         dn = tl.load(DNN_ptr + bh * DK + offs_k, mask=mk, other=0.0)
     else:
         dC = tl.zeros((BK, BV), dtype=tl.float32)
@@ -270,31 +313,23 @@ def _bwd_states_kernel(
 
     for cc in range(NC):
         c = NC - 1 - cc
-        st = (bh * (NC + 1) + c).to(tl.int64)
-        t = c * L + offs_l
-        mt = t < T
-        row = (bh * T + t).to(tl.int64)
-        b = tl.load(B_ptr + bh * Tp + c * L + offs_l)
-        g = tl.load(B_ptr + bh * Tp + c * L + L - 1)
+        t, mt, row, st, sc = _chunk_steps(bh, c, T, NC, L)
+        b, _, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
         m_c = tl.load(Ms_ptr + st)
         m_next = tl.load(Ms_ptr + st + 1)
-        mo = tl.load(MO_ptr + bh * T + t, mask=mt, other=0.0)
-        Dn = tl.load(D_ptr + bh * T + t, mask=mt, other=1.0)
-        dden = tl.load(DDEN_ptr + bh * T + t, mask=mt, other=0.0)
+        mo, Dn, dden = _out_scalars(MO_ptr, D_ptr, DDEN_ptr, bh, T, t, mt)
         gam = tl.where(mt, tl.exp(b + m_c - mo), 0.0) * scale
-        q = tl.load(Q_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        dh = tl.load(DH_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        dnum = dh.to(tl.float32) / Dn[:, None]
+        q = _load_rows(Q_ptr, row, mt, offs_k, DK)
+        dnum = _dnum(DH_ptr, row, mt, offs_v, DV, Dn)
         qg = q.to(tl.float32) * gam[:, None]
         alpha = tl.exp(g - (m_next - m_c))
         # dC is dC_{c+1} here: the dk/dv kernels of chunk c read it from dCs[c].
-        sc = (bh * NC + c).to(tl.int64)
-        tl.store(dCs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :], dC.to(dCs_ptr.dtype.element_ty), mask=mkv)
+        _store_state(dCs_ptr, sc, offs_k, offs_v, DK, DV, dC)
         dC = alpha * dC + _dot(tl.trans(qg), dnum, DOT_F32, DT)
         dn = alpha * dn + tl.sum(qg * dden[:, None], 0)
         if vt == 0:
             tl.store(dNs_ptr + st * DK + offs_k, dn, mask=mk)
-    tl.store(dC0_ptr + bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :], dC, mask=mkv)
+    _store_state(dC0_ptr, bh.to(tl.int64), offs_k, offs_v, DK, DV, dC)
 
 
 @triton.jit
@@ -307,43 +342,27 @@ def _bwd_dqdk_kernel(
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """dq and dk of one chunk and one K tile, plus the per-step scalars of the gate gradients."""
-    bh = tl.program_id(0)
-    c = tl.program_id(1)
-    kt = tl.program_id(2)
-    offs_l = tl.arange(0, L)
-    Tp = NC * L
-    t = c * L + offs_l
-    mt = t < T
-    row = (bh * T + t).to(tl.int64)
-    st = (bh * (NC + 1) + c).to(tl.int64)
-    sc = (bh * NC + c).to(tl.int64)
+    bh, c, kt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t, mt, row, st, sc = _chunk_steps(bh, c, T, NC, L)
 
     S = tl.zeros((L, L), dtype=tl.float32)
     for k0 in range(0, DK, BK):
-        offs_kk = k0 + tl.arange(0, BK)
-        mkk = offs_kk < DK
-        q = tl.load(Q_ptr + row[:, None] * DK + offs_kk[None, :], mask=mt[:, None] & mkk[None, :], other=0.0)
-        k = tl.load(K_ptr + row[:, None] * DK + offs_kk[None, :], mask=mt[:, None] & mkk[None, :], other=0.0)
-        S += _dot(q, tl.trans(k), DOT_F32, DT)
+        _, _, _, qk = _qk_tile(Q_ptr, K_ptr, row, mt, k0, DK, BK, DOT_F32, DT)
+        S += qk
     S = S * scale
 
-    b = tl.load(B_ptr + bh * Tp + c * L + offs_l)
-    ig = tl.load(I_ptr + bh * Tp + c * L + offs_l)
-    g = tl.load(B_ptr + bh * Tp + c * L + L - 1)
+    b, ig, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
     m_c = tl.load(Ms_ptr + st)
     m_next = tl.load(Ms_ptr + st + 1)
-    mo = tl.load(MO_ptr + bh * T + t, mask=mt, other=0.0)
-    Dn = tl.load(D_ptr + bh * T + t, mask=mt, other=1.0)
-    dden = tl.load(DDEN_ptr + bh * T + t, mask=mt, other=0.0)
-    keep = (offs_l[:, None] >= offs_l[None, :]) & mt[:, None]
-    P = tl.where(keep, tl.exp(b[:, None] - b[None, :] + ig[None, :] - mo[:, None]), 0.0)
+    mo, Dn, dden = _out_scalars(MO_ptr, D_ptr, DDEN_ptr, bh, T, t, mt)
+    P = _intra_decay(b, ig, mo, mt, L)
     gam = tl.where(mt, tl.exp(b + m_c - mo), 0.0)
     beta = tl.exp(g - b + ig - m_next)
 
     offs_k = kt * BK + tl.arange(0, BK)
     mk = offs_k < DK
-    q_t = tl.load(Q_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-    k_t = tl.load(K_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+    q_t = _load_rows(Q_ptr, row, mt, offs_k, DK)
+    k_t = _load_rows(K_ptr, row, mt, offs_k, DK)
 
     dW = tl.zeros((L, L), dtype=tl.float32)
     dq_i = tl.zeros((L, BK), dtype=tl.float32)  # C_c dnum_t
@@ -351,14 +370,10 @@ def _bwd_dqdk_kernel(
     cc = tl.zeros((BK,), dtype=tl.float32)  # <dC_{c+1}, C_c>, partial over this K tile
     for v0 in range(0, DV, BV):
         offs_v = v0 + tl.arange(0, BV)
-        mv = offs_v < DV
-        dh = tl.load(DH_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        v = tl.load(V_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        dnum = dh.to(tl.float32) / Dn[:, None]
-        Cc = tl.load(Cs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                     mask=mk[:, None] & mv[None, :], other=0.0)
-        dCn = tl.load(dCs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                      mask=mk[:, None] & mv[None, :], other=0.0)
+        dnum = _dnum(DH_ptr, row, mt, offs_v, DV, Dn)
+        v = _load_rows(V_ptr, row, mt, offs_v, DV)
+        Cc = _load_state(Cs_ptr, sc, offs_k, offs_v, DK, DV)
+        dCn = _load_state(dCs_ptr, sc, offs_k, offs_v, DK, DV)
         dW += _dot(dnum, tl.trans(v), DOT_F32, DT)
         dq_i += _dot(dnum, tl.trans(Cc), DOT_F32, DT)
         dk_i += _dot(v, tl.trans(dCn), DOT_F32, DT)
@@ -373,9 +388,8 @@ def _bwd_dqdk_kernel(
     dk_inter = dk_i + dnn[None, :]  # d / d (beta_s k_s), per unit of beta
     dq = (_dot(dS, k_t, DOT_F32, DT) + gam[:, None] * dq_inter) * scale
     dk = _dot(tl.trans(dS), q_t, DOT_F32, DT) * scale + beta[:, None] * dk_inter
-    mk2 = mt[:, None] & mk[None, :]
-    tl.store(DQ_ptr + row[:, None] * DK + offs_k[None, :], dq.to(DQ_ptr.dtype.element_ty), mask=mk2)
-    tl.store(DK_ptr + row[:, None] * DK + offs_k[None, :], dk.to(DK_ptr.dtype.element_ty), mask=mk2)
+    _store_rows(DQ_ptr, row, mt, offs_k, DK, dq)
+    _store_rows(DK_ptr, row, mt, offs_k, DK, dk)
 
     part = (kt * BH + bh) * T + t
     lgam = gam * scale * tl.sum(q_t.to(tl.float32) * dq_inter, 1)
@@ -391,52 +405,34 @@ def _bwd_dqdk_kernel(
 
 @triton.jit
 def _bwd_dv_kernel(
-    Q_ptr, K_ptr, DH_ptr, B_ptr, I_ptr, Ms_ptr, dCs_ptr, MO_ptr, D_ptr,
+    Q_ptr, K_ptr, DH_ptr, B_ptr, I_ptr, Ms_ptr, dCs_ptr, MO_ptr, D_ptr, DDEN_ptr,
     DV_ptr,
     T, NC, DK, DV, scale,
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """dv of one chunk and one V tile: dv_s = sum_t W_ts dnum_t + beta_s dC_{c+1}^T k_s."""
-    bh = tl.program_id(0)
-    c = tl.program_id(1)
-    vt = tl.program_id(2)
-    offs_l = tl.arange(0, L)
+    bh, c, vt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_v = vt * BV + tl.arange(0, BV)
-    mv = offs_v < DV
-    Tp = NC * L
-    t = c * L + offs_l
-    mt = t < T
-    row = (bh * T + t).to(tl.int64)
-    st = (bh * (NC + 1) + c).to(tl.int64)
-    sc = (bh * NC + c).to(tl.int64)
+    t, mt, row, st, sc = _chunk_steps(bh, c, T, NC, L)
 
     S = tl.zeros((L, L), dtype=tl.float32)
     kdC = tl.zeros((L, BV), dtype=tl.float32)
     for k0 in range(0, DK, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        mk = offs_k < DK
-        q = tl.load(Q_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        k = tl.load(K_ptr + row[:, None] * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-        dCn = tl.load(dCs_ptr + sc * DK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                      mask=mk[:, None] & mv[None, :], other=0.0)
-        S += _dot(q, tl.trans(k), DOT_F32, DT)
+        offs_k, _, k, qk = _qk_tile(Q_ptr, K_ptr, row, mt, k0, DK, BK, DOT_F32, DT)
+        dCn = _load_state(dCs_ptr, sc, offs_k, offs_v, DK, DV)
+        S += qk
         kdC += _dot(k, dCn, DOT_F32, DT)
 
-    b = tl.load(B_ptr + bh * Tp + c * L + offs_l)
-    ig = tl.load(I_ptr + bh * Tp + c * L + offs_l)
-    g = tl.load(B_ptr + bh * Tp + c * L + L - 1)
+    b, ig, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
     m_next = tl.load(Ms_ptr + st + 1)
-    mo = tl.load(MO_ptr + bh * T + t, mask=mt, other=0.0)
-    Dn = tl.load(D_ptr + bh * T + t, mask=mt, other=1.0)
-    keep = (offs_l[:, None] >= offs_l[None, :]) & mt[:, None]
-    P = tl.where(keep, tl.exp(b[:, None] - b[None, :] + ig[None, :] - mo[:, None]), 0.0)
+    mo, Dn, _ = _out_scalars(MO_ptr, D_ptr, DDEN_ptr, bh, T, t, mt)
+    P = _intra_decay(b, ig, mo, mt, L)
     W = S * scale * P
     beta = tl.exp(g - b + ig - m_next)
-    dh = tl.load(DH_ptr + row[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-    dnum = dh.to(tl.float32) / Dn[:, None]
+    dnum = _dnum(DH_ptr, row, mt, offs_v, DV, Dn)
     dv = _dot(tl.trans(W), dnum, DOT_F32, DT) + beta[:, None] * kdC
-    tl.store(DV_ptr + row[:, None] * DV + offs_v[None, :], dv.to(DV_ptr.dtype.element_ty), mask=mt[:, None] & mv[None, :])
+    _store_rows(DV_ptr, row, mt, offs_v, DV, dv)
 
 
 # ============================================================================ kernel: decode step
@@ -450,14 +446,12 @@ def _step_kernel(
     HAS_STATE: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     """One decoding step for one (batch*head) and one V tile: reads and writes C once."""
-    bh = tl.program_id(0)
-    vt = tl.program_id(1)
+    bh, vt = tl.program_id(0), tl.program_id(1)
     offs_v = vt * BV + tl.arange(0, BV)
     mv = offs_v < DV
     ig = tl.load(I_ptr + bh).to(tl.float32)
     fg = tl.load(F_ptr + bh).to(tl.float32)
-    # logsigmoid(f) = min(f, 0) - log(1 + exp(-|f|)), finite for f = +inf (masked steps).
-    lsig = tl.minimum(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))
+    lsig = logsigmoid(fg)
     if HAS_STATE:
         m = tl.load(M0_ptr + bh)
     else:
@@ -468,22 +462,21 @@ def _step_kernel(
     v = tl.load(V_ptr + bh * DV + offs_v, mask=mv, other=0.0).to(tl.float32)
     num = tl.zeros((BV,), dtype=tl.float32)
     qn = tl.zeros((BK,), dtype=tl.float32)
-    base = bh.to(tl.int64) * DK * DV
+    s = bh.to(tl.int64)
     for k0 in range(0, DK, BK):
         offs_k = k0 + tl.arange(0, BK)
         mk = offs_k < DK
-        mkv = mk[:, None] & mv[None, :]
         q = tl.load(Q_ptr + bh * DK + offs_k, mask=mk, other=0.0).to(tl.float32) * scale
         k = tl.load(K_ptr + bh * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
         if HAS_STATE:
-            C = tl.load(C0_ptr + base + offs_k[:, None] * DV + offs_v[None, :], mask=mkv, other=0.0)
+            C = _load_state(C0_ptr, s, offs_k, offs_v, DK, DV)
             n = tl.load(N0_ptr + bh * DK + offs_k, mask=mk, other=0.0)
             C = fa * C + (ia * k)[:, None] * v[None, :]
             n = fa * n + ia * k
         else:
             C = (ia * k)[:, None] * v[None, :]
             n = ia * k
-        tl.store(C1_ptr + base + offs_k[:, None] * DV + offs_v[None, :], C, mask=mkv)
+        _store_state(C1_ptr, s, offs_k, offs_v, DK, DV, C)
         if vt == 0:
             tl.store(N1_ptr + bh * DK + offs_k, n, mask=mk)
         num += tl.sum(q[:, None] * C, 0)
@@ -497,32 +490,36 @@ def _step_kernel(
 # ============================================================================ host side
 
 
-def _dot_config(dtype: torch.dtype):
-    dot_f32 = dtype == torch.float32 or _interpreting()
-    dt = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(dtype, tl.float32)
-    return dot_f32, dt
-
-
 # Launch parameters; the benchmark script overrides them to compare variants on a GPU.
 TUNING = {"max_tile": 64, "max_bv": 64, "num_warps_small": 4, "num_warps_large": 8, "num_stages": 3}
 
-
-def _tiles(DK: int, DV: int, L: int):
-    # One program holds a (BK x BV) fp32 state tile plus (L x L) and (L x B*) operands; 64 keeps
-    # that within registers at L = 128 as well.
-    return _pow2_tile(DK, TUNING["max_tile"]), _pow2_tile(DV, min(TUNING["max_tile"], TUNING["max_bv"]))
+_DOT_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def _num_warps(L: int) -> int:
-    return TUNING["num_warps_small"] if L <= 32 else TUNING["num_warps_large"]
+class _Launch:
+    """Sizes, grid and compile-time parameters of one chunkwise call (q (B, H, T, DK), v (.., DV),
+    chunk length L): made once by the forward, from TUNING, and reused by its backward."""
 
-
-def _state_store_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Dtype of the stored chunk-start states and state gradients. Storing them in the 16-bit
-    # input dtype (they are only dot operands) was 12% faster fwd+bwd on an H100, but with
-    # Triton 3.6 the L=128 forward then gave wrong outputs on the GPU (right in the interpreter),
-    # so they stay fp32 until that is understood.
-    return torch.float32
+    def __init__(self, q: torch.Tensor, v: torch.Tensor, L: int):
+        self.B, self.H, self.T, self.DK = q.shape
+        self.DV = v.shape[-1]
+        self.BH = self.B * self.H
+        self.L = L
+        self.NC = triton.cdiv(self.T, L)
+        # One program holds a (BK x BV) fp32 state tile plus (L x L) and (L x B*) operands; 64
+        # keeps that within registers at L = 128 as well.
+        self.BK = _pow2_tile(self.DK, TUNING["max_tile"])
+        self.BV = _pow2_tile(self.DV, min(TUNING["max_tile"], TUNING["max_bv"]))
+        self.nK = triton.cdiv(self.DK, self.BK)
+        self.nV = triton.cdiv(self.DV, self.BV)
+        self.scale = self.DK ** -0.5
+        # The compile-time arguments every chunkwise kernel takes.
+        self.meta = dict(
+            L=L, BK=self.BK, BV=self.BV,
+            DOT_F32=dot_precision(q.dtype) == "ieee", DT=_DOT_DTYPES.get(q.dtype, tl.float32),
+            num_warps=TUNING["num_warps_small"] if L <= 32 else TUNING["num_warps_large"],
+            num_stages=TUNING["num_stages"],
+        )
 
 
 def _gate_prep(i: torch.Tensor, f: torch.Tensor, L: int, NC: int):
@@ -542,44 +539,101 @@ def _gate_prep(i: torch.Tensor, f: torch.Tensor, L: int, NC: int):
     return b, ig.contiguous()
 
 
-def _forward(q, k, v, b, ig, C0, n0, m0, L, NC, eps):
-    B, H, T, DK = q.shape
-    DV = v.shape[-1]
-    BH = B * H
+def _forward(q, k, v, b, ig, C0, n0, m0, cfg: _Launch, eps):
+    BH, NC, T, DK, DV = cfg.BH, cfg.NC, cfg.T, cfg.DK, cfg.DV
     dev = q.device
-    BK, BV = _tiles(DK, DV, L)
-    nK, nV = triton.cdiv(DK, BK), triton.cdiv(DV, BV)
-    dot_f32, dt = _dot_config(q.dtype)
-    nw = _num_warps(L)
-
     # Chunk-start states C_0..C_{NC-1} for the output and backward kernels; the final state
-    # has its own fp32 buffer (it is returned).
-    Cs = _alloc((BH, NC, DK, DV), dev, _state_store_dtype(q.dtype))
-    CN = _alloc((BH, DK, DV), dev)
-    Ns = _alloc((BH, NC + 1, DK), dev)
-    Ms = _alloc((BH, NC + 1), dev)
-    msrc = _alloc((BH, NC), dev, torch.int32)
+    # has its own buffer (it is returned). All fp32: storing the chunk states in the 16-bit input
+    # dtype (they are only dot operands) was 12% faster fwd+bwd on an H100, but with Triton 3.6 the
+    # L=128 forward then gave wrong outputs on the GPU (right in the interpreter).
+    Cs = alloc((BH, NC, DK, DV), dev)
+    CN = alloc((BH, DK, DV), dev)
+    Ns = alloc((BH, NC + 1, DK), dev)
+    Ms = alloc((BH, NC + 1), dev)
+    msrc = alloc((BH, NC), dev, torch.int32)
     has_init = C0 is not None
     dummy = Ms
-    _fwd_states_kernel[(BH, nK, nV)](
+    _fwd_states_kernel[(BH, cfg.nK, cfg.nV)](
         k, v, b, ig,
         C0 if has_init else dummy, n0 if has_init else dummy, m0 if has_init else dummy,
         Cs, CN, Ns, Ms, msrc,
         T, NC, DK, DV,
-        HAS_INIT=has_init, L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
+        HAS_INIT=has_init, **cfg.meta,
     )
-    h = _alloc((B, H, T, DV), dev, q.dtype)
-    mo = _alloc((BH, T), dev)
-    Dn = _alloc((BH, T), dev)
-    dsel = _alloc((BH, T), dev)
-    osrc = _alloc((BH, T), dev, torch.int32)
-    _fwd_out_kernel[(BH, NC, nV)](
+    h = alloc((cfg.B, cfg.H, T, DV), dev, q.dtype)
+    mo = alloc((BH, T), dev)
+    Dn = alloc((BH, T), dev)
+    dsel = alloc((BH, T), dev)
+    osrc = alloc((BH, T), dev, torch.int32)
+    _fwd_out_kernel[(BH, NC, cfg.nV)](
         q, k, v, b, ig, Cs, Ns, Ms,
         h, mo, Dn, dsel, osrc,
-        T, NC, DK, DV, DK ** -0.5, eps,
-        L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
+        T, NC, DK, DV, cfg.scale, eps,
+        **cfg.meta,
     )
     return h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc
+
+
+def _backward(q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h,  # what the forward saved
+              dh, dC_N, dn_N, dm_N, cfg: _Launch, eps):
+    """Gradients from the upstream ones (dh, and dC_N, dn_N, dm_N of the final state, each None
+    when it has none). Returns dq, dk, dv, then di, df (BH, T), dC_0 (BH, DK, DV), dn_c (BH, NC + 1,
+    DK; c = 0 is the initial state's) and dm_0 (BH) in float32."""
+    B, H, T, DK, DV, BH, NC = cfg.B, cfg.H, cfg.T, cfg.DK, cfg.DV, cfg.BH, cfg.NC
+    dev = q.device
+    scale = cfg.scale
+
+    if dh is None:
+        dh = torch.zeros_like(h)
+    dh = dh.to(q.dtype).contiguous()
+    # Per-step scalars of the normalizer: with delta_t = dh_t . h_t,
+    # dL/dD_t = -delta_t / D_t, and the total gradient of the output stabilizer mo_t
+    # (through exp(-mo) everywhere and the eps term) is -eps delta_t / D_t.
+    delta = (dh.float() * h.float()).sum(-1).reshape(BH, T)
+    dD = -delta / Dn
+    dden = (dD * dsel).contiguous()
+    dmo = dD * eps
+
+    has_dfinal = dC_N is not None or dn_N is not None
+    dCN = (dC_N if dC_N is not None else torch.zeros(B, H, DK, DV, device=dev)).float().contiguous()
+    dNN = (dn_N if dn_N is not None else torch.zeros(B, H, DK, device=dev)).float().contiguous()
+    dCs = alloc((BH, NC, DK, DV), dev)
+    dC0 = alloc((BH, DK, DV), dev)
+    dNs = alloc((BH, NC + 1, DK), dev)
+    _bwd_states_kernel[(BH, cfg.nK, cfg.nV)](
+        q, dh, b, ig, Ms, mo, Dn, dden, dCN, dNN,
+        dCs, dC0, dNs,
+        T, NC, DK, DV, scale,
+        HAS_DFINAL=has_dfinal, **cfg.meta,
+    )
+
+    dq = alloc(q.shape, dev, q.dtype)
+    dk = alloc(k.shape, dev, k.dtype)
+    dv = alloc(v.shape, dev, v.dtype)
+    rrow = alloc((BH, T), dev)
+    rcol = alloc((BH, T), dev)
+    lgam = alloc((cfg.nK, BH, T), dev)
+    lbeta = alloc((cfg.nK, BH, T), dev)
+    ccs = alloc((cfg.nK, BH, NC), dev)
+    _bwd_dqdk_kernel[(BH, NC, cfg.nK)](
+        q, k, v, dh, b, ig, Cs, Ns, Ms, dCs, dNs,
+        mo, Dn, dden,
+        dq, dk, rrow, rcol, lgam, lbeta, ccs,
+        T, NC, DK, DV, scale, BH,
+        **cfg.meta,
+    )
+    _bwd_dv_kernel[(BH, NC, cfg.nV)](
+        q, k, dh, b, ig, Ms, dCs, mo, Dn, dden,
+        dv,
+        T, NC, DK, DV, scale,
+        **cfg.meta,
+    )
+
+    di, df, dm0 = _gate_grads(
+        f, b, ig, Ms, msrc, osrc, rrow, rcol, lgam.sum(0), lbeta.sum(0), ccs.sum(0), dmo,
+        dm_N, cfg.L, NC, T,
+    )
+    return dq, dk, dv, di, df, dC0, dNs, dm0
 
 
 def _chain_rev(E: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
@@ -599,92 +653,37 @@ class _MLSTMChunkwise(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, q, k, v, i, f, C0, n0, m0, L, eps):
-        B, H, T, DK = q.shape
-        DV = v.shape[-1]
-        NC = triton.cdiv(T, L)
+        cfg = _Launch(q, v, L)
         dtype = q.dtype
         q = q.contiguous()
         k = k.to(dtype).contiguous()
         v = v.to(dtype).contiguous()
-        b, ig = _gate_prep(i, f, L, NC)
         has_init = C0 is not None
-        if has_init:
-            C0 = C0.float().contiguous()
-            n0 = n0.float().contiguous()
-            m0 = m0.float().contiguous()
-        h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc = _forward(q, k, v, b, ig, C0, n0, m0, L, NC, eps)
+        with on_device_of(q):
+            b, ig = _gate_prep(i, f, L, cfg.NC)
+            if has_init:
+                C0 = C0.float().contiguous()
+                n0 = n0.float().contiguous()
+                m0 = m0.float().contiguous()
+            h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc = _forward(q, k, v, b, ig, C0, n0, m0, cfg, eps)
         ctx.save_for_backward(q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h)
-        ctx.meta = (L, NC, eps, has_init, i.dtype, f.dtype)
-        C_N = CN.view(B, H, DK, DV)
-        n_N = Ns[:, NC].reshape(B, H, DK).clone()
+        ctx.cfg = cfg
+        ctx.meta = (eps, has_init, i.dtype, f.dtype)
+        B, H, NC = cfg.B, cfg.H, cfg.NC
+        C_N = CN.view(B, H, cfg.DK, cfg.DV)
+        n_N = Ns[:, NC].reshape(B, H, cfg.DK).clone()
         m_N = Ms[:, NC].reshape(B, H).clone()
         return h, C_N, n_N, m_N
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dh, dC_N, dn_N, dm_N):
-        q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h = ctx.saved_tensors
-        L, NC, eps, has_init, i_dtype, f_dtype = ctx.meta
-        B, H, T, DK = q.shape
-        DV = v.shape[-1]
-        BH = B * H
-        dev = q.device
-        BK, BV = _tiles(DK, DV, L)
-        nK, nV = triton.cdiv(DK, BK), triton.cdiv(DV, BV)
-        dot_f32, dt = _dot_config(q.dtype)
-        nw = _num_warps(L)
-        scale = DK ** -0.5
-
-        if dh is None:
-            dh = torch.zeros_like(h)
-        dh = dh.to(q.dtype).contiguous()
-        # Per-step scalars of the normalizer: with delta_t = dh_t . h_t,
-        # dL/dD_t = -delta_t / D_t, and the total gradient of the output stabilizer mo_t
-        # (through exp(-mo) everywhere and the eps term) is -eps delta_t / D_t.
-        delta = (dh.float() * h.float()).sum(-1).reshape(BH, T)
-        dD = -delta / Dn
-        dden = (dD * dsel).contiguous()
-        dmo = dD * eps
-
-        has_dfinal = dC_N is not None or dn_N is not None
-        dCN = (dC_N if dC_N is not None else torch.zeros(B, H, DK, DV, device=dev)).float().contiguous()
-        dNN = (dn_N if dn_N is not None else torch.zeros(B, H, DK, device=dev)).float().contiguous()
-        dCs = _alloc((BH, NC, DK, DV), dev, _state_store_dtype(q.dtype))
-        dC0 = _alloc((BH, DK, DV), dev)
-        dNs = _alloc((BH, NC + 1, DK), dev)
-        _bwd_states_kernel[(BH, nK, nV)](
-            q, dh, b, Ms, mo, Dn, dden, dCN, dNN,
-            dCs, dC0, dNs,
-            T, NC, DK, DV, scale,
-            HAS_DFINAL=has_dfinal, L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
-        )
-
-        dq = _alloc(q.shape, dev, q.dtype)
-        dk = _alloc(k.shape, dev, k.dtype)
-        dv = _alloc(v.shape, dev, v.dtype)
-        rrow = _alloc((BH, T), dev)
-        rcol = _alloc((BH, T), dev)
-        lgam = _alloc((nK, BH, T), dev)
-        lbeta = _alloc((nK, BH, T), dev)
-        ccs = _alloc((nK, BH, NC), dev)
-        _bwd_dqdk_kernel[(BH, NC, nK)](
-            q, k, v, dh, b, ig, Cs, Ns, Ms, dCs, dNs,
-            mo, Dn, dden,
-            dq, dk, rrow, rcol, lgam, lbeta, ccs,
-            T, NC, DK, DV, scale, BH,
-            L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
-        )
-        _bwd_dv_kernel[(BH, NC, nV)](
-            q, k, dh, b, ig, Ms, dCs, mo, Dn,
-            dv,
-            T, NC, DK, DV, scale,
-            L=L, BK=BK, BV=BV, DOT_F32=dot_f32, DT=dt, num_warps=nw, num_stages=TUNING["num_stages"],
-        )
-
-        di, df, dm0 = _gate_grads(
-            f, b, ig, Ms, msrc, osrc, rrow, rcol, lgam.sum(0), lbeta.sum(0), ccs.sum(0), dmo,
-            dm_N, L, NC, T,
-        )
+        eps, has_init, i_dtype, f_dtype = ctx.meta
+        cfg = ctx.cfg
+        B, H, T, DK, DV = cfg.B, cfg.H, cfg.T, cfg.DK, cfg.DV
+        saved = ctx.saved_tensors
+        with on_device_of(saved[0]):
+            dq, dk, dv, di, df, dC0, dNs, dm0 = _backward(*saved, dh, dC_N, dn_N, dm_N, cfg, eps)
         if has_init:
             dC0 = dC0.view(B, H, DK, DV)
             dn0 = dNs[:, 0].reshape(B, H, DK)
@@ -767,6 +766,11 @@ def mlstm_chunkwise_triton(
     reason = unsupported_reason(q, v, chunk_size)
     if reason is not None:
         raise ValueError(f"mlstm triton kernels do not support {reason}")
+    return run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+
+
+def run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps):
+    """mlstm_chunkwise_triton without the input check, for a caller that has just made it (ops.py)."""
     C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
     h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, chunk_size, eps)
     return (h, (C, n, m)) if return_final_state else h
@@ -779,6 +783,11 @@ def mlstm_step_triton(q, k, v, i, f, state=None, eps: float = 1e-6):
     reason = unsupported_reason(q, v, None)
     if reason is not None:
         raise ValueError(f"mlstm_step triton kernel does not support {reason}")
+    return run_step(q, k, v, i, f, state, eps)
+
+
+def run_step(q, k, v, i, f, state, eps):
+    """mlstm_step_triton without the input check, for a caller that has just made it (ops.py)."""
     B, H, DK = q.shape
     DV = v.shape[-1]
     BH = B * H
@@ -789,17 +798,18 @@ def mlstm_step_triton(q, k, v, i, f, state=None, eps: float = 1e-6):
     has_state = state is not None
     if has_state:
         C0, n0, m0 = (s.float().contiguous() for s in state)
-    C1 = _alloc((B, H, DK, DV), dev)
-    n1 = _alloc((B, H, DK), dev)
-    m1 = _alloc((B, H), dev)
-    h = _alloc((B, H, DV), dev, q.dtype)
+    C1 = alloc((B, H, DK, DV), dev)
+    n1 = alloc((B, H, DK), dev)
+    m1 = alloc((B, H), dev)
+    h = alloc((B, H, DV), dev, q.dtype)
     BK = _pow2_tile(DK, 64)
     BV = _pow2_tile(DV, 64)
-    _step_kernel[(BH, triton.cdiv(DV, BV))](
-        q, k, v, i, f,
-        C0 if has_state else m1, n0 if has_state else m1, m0 if has_state else m1,
-        C1, n1, m1, h,
-        DK, DV, DK ** -0.5, eps,
-        HAS_STATE=has_state, BK=BK, BV=BV, num_warps=4,
-    )
+    with on_device_of(q):
+        _step_kernel[(BH, triton.cdiv(DV, BV))](
+            q, k, v, i, f,
+            C0 if has_state else m1, n0 if has_state else m1, m0 if has_state else m1,
+            C1, n1, m1, h,
+            DK, DV, DK ** -0.5, eps,
+            HAS_STATE=has_state, BK=BK, BV=BV, num_warps=4,
+        )
     return h, (C1, n1, m1)

@@ -67,34 +67,34 @@ def _fallback(op: str, reason: str) -> None:
 
 
 def _mlstm_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps):
-    from .mlstm_triton import mlstm_chunkwise_triton, unsupported_reason
+    from .mlstm_triton import run_chunkwise, unsupported_reason
 
     reason = unsupported_reason(q, v, chunk_size)
     if reason is None:
-        return mlstm_chunkwise_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+        return run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
     _fallback("mlstm", reason)
     return mlstm_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
 
 
 def _mlstm_step_triton(q, k, v, i, f, state, eps):
-    from .mlstm_triton import mlstm_step_triton, unsupported_reason
+    from .mlstm_triton import run_step, unsupported_reason
 
     reason = unsupported_reason(q, v, None)
     tensors = (q, k, v, i, f) + (tuple(state) if state is not None else ())
     if reason is None and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         reason = "autograd (the fused decode step is forward-only)"
     if reason is None:
-        return mlstm_step_triton(q, k, v, i, f, state, eps)
+        return run_step(q, k, v, i, f, state, eps)
     _fallback("mlstm_step", reason)
     return mlstm_step_native(q, k, v, i, f, state, eps)
 
 
 def _slstm_triton(x, R, initial_state, return_final_state, mask):
-    from .slstm_triton import slstm_triton, slstm_triton_unsupported_reason
+    from .slstm_triton import run_slstm, slstm_triton_unsupported_reason
 
     reason = slstm_triton_unsupported_reason(x, R)
     if reason is None:
-        return slstm_triton(x, R, initial_state, return_final_state, mask)
+        return run_slstm(x, R, initial_state, return_final_state, mask)
     _fallback("slstm", reason)
     return slstm_native(x, R, initial_state=initial_state, return_final_state=return_final_state, mask=mask)
 

@@ -56,10 +56,11 @@ ieee recurrent product ran about 5x slower than the tf32 one (cause not establis
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
+
+from .triton_common import alloc, dot_precision, interpreted, logsigmoid, on_device_of, tanh
 
 __all__ = ["slstm_triton", "slstm_triton_unsupported_reason"]
 
@@ -70,21 +71,6 @@ _R_TILE_BUDGET = 16384
 # The largest tiles (4 x 64 x 64 float32 of R in the whole-head backward) took 144 KiB of shared
 # memory on an H100; GPUs with less per multiprocessor (consumer cards: ~100 KiB) use the native op.
 _MIN_SHARED_MEMORY = 160 * 1024
-# Tests flip this to fill every internal buffer with NaN, so that an element a kernel should
-# have written but did not shows up in the results.
-_POISON_BUFFERS = False
-
-
-def _is_interpreted() -> bool:
-    # TRITON_INTERPRET is read when @triton.jit decorates, i.e. when this module is imported;
-    # what matters is how our kernels were built, not the variable's current value.
-    return not isinstance(_slstm_fwd_kernel, triton.runtime.JITFunction)
-
-
-def _buffer(shape, device, dtype=torch.float32) -> torch.Tensor:
-    if _POISON_BUFFERS:
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(shape, device=device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,15 +90,36 @@ def _group_barrier(sync_ptr, target):
 
 
 @triton.jit
-def _logsigmoid(x):
-    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+def _load4(ptr, stride, off, mask):
+    """The four blocks at ptr + g * stride + off, g = 0..3 (gates i, f, z, o or states c, n, m, h),
+    as float32, 0 where masked."""
+    a = tl.load(ptr + 0 * stride + off, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(ptr + 1 * stride + off, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(ptr + 2 * stride + off, mask=mask, other=0.0).to(tl.float32)
+    d = tl.load(ptr + 3 * stride + off, mask=mask, other=0.0).to(tl.float32)
+    return a, b, c, d
 
 
 @triton.jit
-def _tanh(x):
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
+def _store4(ptr, stride, mask, a, b, c, d):
+    tl.store(ptr + 0 * stride, a, mask=mask)
+    tl.store(ptr + 1 * stride, b, mask=mask)
+    tl.store(ptr + 2 * stride, c, mask=mask)
+    tl.store(ptr + 3 * stride, d, mask=mask)
+
+
+@triton.jit
+def _program_tile(B, D, btile_offset, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr):
+    """What a program of the (cell tiles, heads, batch tiles) grid owns: its batch tile pid_b, its
+    cells offs_n of the head, the whole head offs_d, their masks, the (rows x own cells) mask, and
+    the batch rows as int64 (for offsets)."""
+    pid_b = tl.program_id(2) + btile_offset
+    offs_b = pid_b * BB + tl.arange(0, BB)
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    offs_d = tl.arange(0, BLOCK_D)
+    bmask = offs_b < B
+    nmask = offs_n < D
+    return pid_b, offs_n, offs_d, bmask, nmask, offs_d < D, bmask[:, None] & nmask[None, :], offs_b.to(tl.int64)
 
 
 @triton.jit
@@ -122,26 +129,14 @@ def _slstm_fwd_kernel(
     HAS_MASK: tl.constexpr, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr,
     SPLIT: tl.constexpr, BARRIER: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
     pid_h = tl.program_id(1)
-    pid_b = tl.program_id(2) + btile_offset
-    offs_b = pid_b * BB + tl.arange(0, BB)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_k = tl.arange(0, BLOCK_D)
-    bmask = offs_b < B
-    nmask = offs_n < D
-    kmask = offs_k < D
-    tile_mask = bmask[:, None] & nmask[None, :]
-    ob = offs_b.to(tl.int64)
+    pid_b, offs_n, offs_k, bmask, nmask, kmask, tile_mask, ob = _program_tile(B, D, btile_offset, BB, BLOCK_D, BN)
     HD = H * D
 
     # R[g, head, k, own cells] for the four gates, kept for the whole loop.
     r_off = pid_h * D * D + offs_k[:, None] * D + offs_n[None, :]
     r_mask = kmask[:, None] & nmask[None, :]
-    R_i = tl.load(R_ptr + 0 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32)
-    R_f = tl.load(R_ptr + 1 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32)
-    R_z = tl.load(R_ptr + 2 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32)
-    R_o = tl.load(R_ptr + 3 * HD * D + r_off, mask=r_mask, other=0.0).to(tl.float32)
+    R_i, R_f, R_z, R_o = _load4(R_ptr, HD * D, r_off, r_mask)
 
     # state sequence (4, B, T + 1, H, D): components c, n, m, h
     S = B * (T + 1) * HD
@@ -149,10 +144,7 @@ def _slstm_fwd_kernel(
     st_off = st_row[:, None] + offs_n[None, :]
     hk_off = st_row[:, None] + offs_k[None, :]
     hk_mask = bmask[:, None] & kmask[None, :]
-    c = tl.load(state_ptr + 0 * S + st_off + t_start * HD, mask=tile_mask, other=0.0)
-    n = tl.load(state_ptr + 1 * S + st_off + t_start * HD, mask=tile_mask, other=0.0)
-    m = tl.load(state_ptr + 2 * S + st_off + t_start * HD, mask=tile_mask, other=0.0)
-    h = tl.load(state_ptr + 3 * S + st_off + t_start * HD, mask=tile_mask, other=0.0)
+    c, n, m, h = _load4(state_ptr, S, st_off + t_start * HD, tile_mask)
 
     x_off = (ob * T * 4 * HD + pid_h * D)[:, None] + offs_n[None, :]
     y_off = (ob * T * HD + pid_h * D)[:, None] + offs_n[None, :]
@@ -166,21 +158,17 @@ def _slstm_fwd_kernel(
                          cache_modifier=".cg")
         else:
             hp = h
-        xt = x_ptr + x_off + t * 4 * HD
-        a_i = tl.load(xt + 0 * HD, mask=tile_mask, other=0.0).to(tl.float32)
-        a_f = tl.load(xt + 1 * HD, mask=tile_mask, other=0.0).to(tl.float32)
-        a_z = tl.load(xt + 2 * HD, mask=tile_mask, other=0.0).to(tl.float32)
-        a_o = tl.load(xt + 3 * HD, mask=tile_mask, other=0.0).to(tl.float32)
+        a_i, a_f, a_z, a_o = _load4(x_ptr + x_off + t * 4 * HD, HD, 0, tile_mask)
         a_i += tl.dot(hp, R_i, input_precision=DOT_PREC)
         a_f += tl.dot(hp, R_f, input_precision=DOT_PREC)
         a_z += tl.dot(hp, R_z, input_precision=DOT_PREC)
         a_o += tl.dot(hp, R_o, input_precision=DOT_PREC)
 
-        lfm = _logsigmoid(a_f) + m
+        lfm = logsigmoid(a_f) + m
         m_new = tl.maximum(lfm, a_i)
         ip = tl.exp(a_i - m_new)
         fp = tl.exp(lfm - m_new)
-        c_new = fp * c + ip * _tanh(a_z)
+        c_new = fp * c + ip * tanh(a_z)
         n_new = fp * n + ip
         h_new = tl.sigmoid(a_o) * c_new / n_new
         if HAS_MASK:
@@ -195,16 +183,8 @@ def _slstm_fwd_kernel(
             m = m_new
             h = h_new
 
-        gt = gate_ptr + x_off + t * 4 * HD
-        tl.store(gt + 0 * HD, a_i, mask=tile_mask)
-        tl.store(gt + 1 * HD, a_f, mask=tile_mask)
-        tl.store(gt + 2 * HD, a_z, mask=tile_mask)
-        tl.store(gt + 3 * HD, a_o, mask=tile_mask)
-        so = state_ptr + st_off + (t + 1) * HD
-        tl.store(so + 0 * S, c, mask=tile_mask)
-        tl.store(so + 1 * S, n, mask=tile_mask)
-        tl.store(so + 2 * S, m, mask=tile_mask)
-        tl.store(so + 3 * S, h, mask=tile_mask)
+        _store4(gate_ptr + x_off + t * 4 * HD, HD, tile_mask, a_i, a_f, a_z, a_o)
+        _store4(state_ptr + st_off + (t + 1) * HD, S, tile_mask, c, n, m, h)
         tl.store(y_ptr + y_off + t * HD, h.to(y_ptr.dtype.element_ty), mask=tile_mask)
         if BARRIER:
             _group_barrier(sync, (t - t_start + 1) * n_prog)
@@ -219,35 +199,20 @@ def _slstm_bwd_kernel(
 ):
     # Steps t_hi - 1 down to t_lo. PHASE 0: both halves of a step; 1: only the pointwise half
     # (carried dh + dy -> dA, dc, dn, dm); 2: only dh_{t-1} = sum_g dA_g R_g^T (per-step mode).
-    pid_n = tl.program_id(0)
     pid_h = tl.program_id(1)
-    pid_b = tl.program_id(2) + btile_offset
-    offs_b = pid_b * BB + tl.arange(0, BB)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_j = tl.arange(0, BLOCK_D)
-    bmask = offs_b < B
-    nmask = offs_n < D
-    jmask = offs_j < D
-    tile_mask = bmask[:, None] & nmask[None, :]
-    ob = offs_b.to(tl.int64)
+    pid_b, offs_n, offs_j, bmask, nmask, jmask, tile_mask, ob = _program_tile(B, D, btile_offset, BB, BLOCK_D, BN)
     HD = H * D
 
     if PHASE != 1:
         # tile [j, k] = R[g, head, k, j] for own k: dh[:, k] = sum_j dA[:, j] R[k, j]
         rt_off = pid_h * D * D + offs_n[None, :] * D + offs_j[:, None]
         rt_mask = jmask[:, None] & nmask[None, :]
-        RT_i = tl.load(R_ptr + 0 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
-        RT_f = tl.load(R_ptr + 1 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
-        RT_z = tl.load(R_ptr + 2 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
-        RT_o = tl.load(R_ptr + 3 * HD * D + rt_off, mask=rt_mask, other=0.0).to(tl.float32)
+        RT_i, RT_f, RT_z, RT_o = _load4(R_ptr, HD * D, rt_off, rt_mask)
 
     # carried gradients (4, B, H, D): d c, d n, d m, d h
     SD = B * HD
     ds_off = (ob * HD + pid_h * D)[:, None] + offs_n[None, :]
-    dc = tl.load(dstate_ptr + 0 * SD + ds_off, mask=tile_mask, other=0.0)
-    dn = tl.load(dstate_ptr + 1 * SD + ds_off, mask=tile_mask, other=0.0)
-    dm = tl.load(dstate_ptr + 2 * SD + ds_off, mask=tile_mask, other=0.0)
-    dh = tl.load(dstate_ptr + 3 * SD + ds_off, mask=tile_mask, other=0.0)
+    dc, dn, dm, dh = _load4(dstate_ptr, SD, ds_off, tile_mask)
 
     S = B * (T + 1) * HD
     st_off = (ob * (T + 1) * HD + pid_h * D)[:, None] + offs_n[None, :]
@@ -264,11 +229,7 @@ def _slstm_bwd_kernel(
         if HAS_MASK:
             keep = (tl.load(mask_ptr + ob * T + t, mask=bmask, other=0) != 0)[:, None]
         if PHASE != 2:
-            gt = gate_ptr + x_off + t * 4 * HD
-            a_i = tl.load(gt + 0 * HD, mask=tile_mask, other=0.0)
-            a_f = tl.load(gt + 1 * HD, mask=tile_mask, other=0.0)
-            a_z = tl.load(gt + 2 * HD, mask=tile_mask, other=0.0)
-            a_o = tl.load(gt + 3 * HD, mask=tile_mask, other=0.0)
+            a_i, a_f, a_z, a_o = _load4(gate_ptr + x_off + t * 4 * HD, HD, 0, tile_mask)
             sp = state_ptr + st_off + t * HD
             c_p = tl.load(sp + 0 * S, mask=tile_mask, other=0.0)
             n_p = tl.load(sp + 1 * S, mask=tile_mask, other=0.0)
@@ -276,11 +237,11 @@ def _slstm_bwd_kernel(
             dy = tl.load(dy_ptr + y_off + t * HD, mask=tile_mask, other=0.0).to(tl.float32)
 
             # recompute the step exactly as the forward did
-            lfm = _logsigmoid(a_f) + m_p
+            lfm = logsigmoid(a_f) + m_p
             m_new = tl.maximum(lfm, a_i)
             ip = tl.exp(a_i - m_new)
             fp = tl.exp(lfm - m_new)
-            z = _tanh(a_z)
+            z = tanh(a_z)
             o = tl.sigmoid(a_o)
             c_new = fp * c_p + ip * z
             n_new = fp * n_p + ip
@@ -312,11 +273,7 @@ def _slstm_bwd_kernel(
                 dc = dc_t * fp
                 dn = dn_t * fp
                 dm = d_lfm
-            dt = dA_ptr + x_off + t * 4 * HD
-            tl.store(dt + 0 * HD, da_i, mask=tile_mask)
-            tl.store(dt + 1 * HD, da_f, mask=tile_mask)
-            tl.store(dt + 2 * HD, da_z, mask=tile_mask)
-            tl.store(dt + 3 * HD, da_o, mask=tile_mask)
+            _store4(dA_ptr + x_off + t * 4 * HD, HD, tile_mask, da_i, da_f, da_z, da_o)
         if PHASE == 1:
             dh = dh_tot
         if BARRIER:
@@ -403,33 +360,33 @@ def _pick_config(B, H, D, device, interpreted, overrides) -> _Config:
     return cfg
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # R from 16-bit inputs is exact in tf32, and h_{t-1} rounded to tf32 (10 bits) is finer
-    # than the inputs themselves; float32 inputs get a full float32 product.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 # --------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------
 
 
+def _launch_args(cfg: _Config, H, mask_u8, dtype, device):
+    """What every launch of a forward or backward pass takes: the groups' barrier counters (zeroed),
+    the mask argument (the counters stand in for an absent mask) and the compile-time arguments."""
+    sync = torch.zeros(cfg.n_btiles * H, device=device, dtype=torch.int32)
+    has_mask = mask_u8 is not None
+    meta = dict(HAS_MASK=has_mask, BB=cfg.BB, BLOCK_D=cfg.BLOCK_D, BN=cfg.BN,
+                DOT_PREC=dot_precision(dtype), num_warps=cfg.num_warps)
+    return sync, mask_u8 if has_mask else sync, meta
+
+
 def _forward(x, R, state0, mask_u8, cfg: _Config):
     B, T, _, H, D = x.shape
     dev = x.device
-    states = _buffer((4, B, T + 1, H, D), dev)
+    states = alloc((4, B, T + 1, H, D), dev)
     if state0 is None:
         states[:, :, 0].zero_()
     else:
         for k in range(4):
             states[k, :, 0] = state0[k]
-    gates = _buffer((B, T, 4, H, D), dev)
-    y = _buffer((B, T, H, D), dev, x.dtype)
-    sync = torch.zeros(cfg.n_btiles * H, device=dev, dtype=torch.int32)
-    has_mask = mask_u8 is not None
-    mask_arg = mask_u8 if has_mask else sync
-    common = dict(HAS_MASK=has_mask, BB=cfg.BB, BLOCK_D=cfg.BLOCK_D, BN=cfg.BN,
-                  DOT_PREC=_dot_precision(x.dtype), num_warps=cfg.num_warps)
+    gates = alloc((B, T, 4, H, D), dev)
+    y = alloc((B, T, H, D), dev, x.dtype)
+    sync, mask_arg, common = _launch_args(cfg, H, mask_u8, x.dtype, dev)
     for b0, nb in cfg.waves(H):
         grid = (cfg.n_split, H, nb)
         if cfg.mode == "per_step":
@@ -448,12 +405,8 @@ def _backward(R, gates, states, mask_u8, dy, dstate, cfg: _Config, x_dtype):
     gradients in place. Returns dA (B, T, 4, H, D) float32 and dR (4, H, D, D) float32."""
     B, T, _, H, D = gates.shape
     dev = gates.device
-    dA = _buffer((B, T, 4, H, D), dev)
-    sync = torch.zeros(cfg.n_btiles * H, device=dev, dtype=torch.int32)
-    has_mask = mask_u8 is not None
-    mask_arg = mask_u8 if has_mask else sync
-    common = dict(HAS_MASK=has_mask, BB=cfg.BB, BLOCK_D=cfg.BLOCK_D, BN=cfg.BN,
-                  DOT_PREC=_dot_precision(x_dtype), num_warps=cfg.num_warps)
+    dA = alloc((B, T, 4, H, D), dev)
+    sync, mask_arg, common = _launch_args(cfg, H, mask_u8, x_dtype, dev)
     for b0, nb in cfg.waves(H):
         grid = (cfg.n_split, H, nb)
         if cfg.mode == "per_step":
@@ -485,8 +438,9 @@ class _SLSTMTritonFunction(torch.autograd.Function):
         state0 = None
         if c0 is not None:
             state0 = [s.to(torch.float32) for s in (c0, n0, m0, h0)]
-        cfg = _pick_config(B, H, D, x.device, _is_interpreted(), overrides)
-        y, gates, states = _forward(x, R, state0, mask_u8, cfg)
+        cfg = _pick_config(B, H, D, x.device, interpreted(), overrides)
+        with on_device_of(x):
+            y, gates, states = _forward(x, R, state0, mask_u8, cfg)
         ctx.save_for_backward(R, gates, states, mask_u8)
         ctx.cfg = cfg
         ctx.x_dtype = x.dtype
@@ -507,7 +461,8 @@ class _SLSTMTritonFunction(torch.autograd.Function):
                 dstate[k] = g
         if dy is None:
             dy = torch.zeros((B, T, H, D), device=dev, dtype=ctx.x_dtype)
-        dA, dR = _backward(R, gates, states, mask_u8, dy.contiguous(), dstate, ctx.cfg, ctx.x_dtype)
+        with on_device_of(gates):
+            dA, dR = _backward(R, gates, states, mask_u8, dy.contiguous(), dstate, ctx.cfg, ctx.x_dtype)
         dx = dA.to(ctx.x_dtype)
         dR = dR.to(R.dtype)
         d0 = (None,) * 4
@@ -539,7 +494,7 @@ def slstm_triton_unsupported_reason(x: torch.Tensor, R: torch.Tensor) -> str | N
     if x.device != R.device:
         return f"x is on {x.device} but R is on {R.device}"
     if x.device.type == "cpu":
-        if not _is_interpreted():
+        if not interpreted():
             return "CPU tensors need TRITON_INTERPRET=1 set before hf_xlstm.kernels is imported"
     elif x.device.type != "cuda":
         return f"the Triton sLSTM runs on CUDA tensors, got {x.device}"
@@ -576,20 +531,22 @@ def slstm_triton(x, R, initial_state=None, return_final_state=False, mask=None, 
     if reason is not None:
         raise ValueError(f"slstm_triton: {reason}")
     B, T, _, H, D = x.shape
-    state0 = (None,) * 4
     if initial_state is not None:
         if len(initial_state) != 4:
             raise ValueError("initial_state must be (c, n, m, h)")
         for s in initial_state:
             if tuple(s.shape) != (B, H, D):
                 raise ValueError(f"initial state tensors must be (B, H, D) = {(B, H, D)}, got {tuple(s.shape)}")
-        state0 = tuple(initial_state)
-    mask_u8 = None
-    if mask is not None:
-        if tuple(mask.shape) != (B, T):
-            raise ValueError(f"mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
-        mask_u8 = mask.to(device=x.device, dtype=torch.uint8).contiguous()
-    y, c, n, m, h = _SLSTMTritonFunction.apply(x, R, *state0, mask_u8, _overrides)
+    if mask is not None and tuple(mask.shape) != (B, T):
+        raise ValueError(f"mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
+    return run_slstm(x, R, initial_state, return_final_state, mask, _overrides)
+
+
+def run_slstm(x, R, initial_state, return_final_state, mask, overrides=None):
+    """slstm_triton without the input checks, for a caller that has just made them (ops.py)."""
+    state0 = (None,) * 4 if initial_state is None else tuple(initial_state)
+    mask_u8 = None if mask is None else mask.to(device=x.device, dtype=torch.uint8).contiguous()
+    y, c, n, m, h = _SLSTMTritonFunction.apply(x, R, *state0, mask_u8, overrides)
     if return_final_state:
         return y, (c, n, m, h)
     return y

@@ -111,9 +111,9 @@ def run_mlstm_grads(mlstm, inputs, state, backend, chunk_size, seed=1):
 
 
 def checks(K_ops) -> list[dict]:
-    from hf_xlstm.kernels import mlstm_triton
+    from hf_xlstm.kernels import triton_common
 
-    mlstm_triton.POISON_ALLOCATIONS = True  # an unwritten element shows up as NaN
+    triton_common.POISON_ALLOCATIONS = True  # an unwritten element shows up as NaN
     rows = []
     names = "h C n m dq dk dv di df dC0 dn0 dm0".split()
     cases = [
@@ -148,7 +148,7 @@ def checks(K_ops) -> list[dict]:
         tol = 1e-2 if dt != torch.float32 else 1e-5
         errs = {nm: rel_err(x, y) for nm, x, y in zip(("h", "C", "n", "m"), (a[0], *a[1]), (b[0], *b[1]))}
         rows.append({"check": label, "tol": tol, "worst": max(errs.values()), "ok": max(errs.values()) <= tol, "errs": errs})
-    mlstm_triton.POISON_ALLOCATIONS = False
+    triton_common.POISON_ALLOCATIONS = False
     return rows
 
 

@@ -1,4 +1,5 @@
-"""mLSTM ops: every native form against a float64 step-by-step oracle written here from the math.
+"""mLSTM ops: every native form against the float64 step-by-step oracle written from the math
+(kernel_checks.mlstm_oracle).
 
 Errors are relative: rel_err(a, b) = max|a - b| / max|b|, with b the float64 oracle.
 """
@@ -18,47 +19,14 @@ from hf_xlstm.kernels import (
     mlstm_step_native,
     resolve_backend,
 )
+from kernel_checks import mlstm_oracle, rel_err
 
 B, H, K, V = 2, 2, 8, 16
 TOL = 1e-5  # fp32 against the float64 oracle, relative (see rel_err)
 NEG_INF, POS_INF = float("-inf"), float("inf")
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|: the error of a relative to the largest entry of the reference b."""
-    a, b = a.double(), b.double()
-    scale = b.abs().max().clamp_min(1e-30)
-    return ((a - b).abs().max() / scale).item()
-
-
-# ----------------------------------------------------------------------------- float64 oracles
-
-
-def oracle_stabilized(q, k, v, i, f, state=None, eps=1e-6):
-    """The stabilized recurrence of the math notes, one step at a time, in float64."""
-    q, k, v, i, f = (t.double() for t in (q, k, v, i, f))
-    b, h, T, dk = q.shape
-    if state is None:
-        C = q.new_zeros(b, h, dk, v.shape[-1])
-        n = q.new_zeros(b, h, dk)
-        m = q.new_zeros(b, h)
-    else:
-        C, n, m = (s.double() for s in state)
-    outs = []
-    for t in range(T):
-        qt = q[:, :, t] / dk**0.5
-        lf = F.logsigmoid(f[:, :, t])
-        m_new = torch.maximum(lf + m, i[:, :, t])
-        fa = torch.exp(lf + m - m_new)
-        ia = torch.exp(i[:, :, t] - m_new)
-        kt, vt = k[:, :, t], v[:, :, t]
-        C = fa[..., None, None] * C + ia[..., None, None] * kt[..., :, None] * vt[..., None, :]
-        n = fa[..., None] * n + ia[..., None] * kt
-        m = m_new
-        num = (C * qt[..., :, None]).sum(-2)
-        den = torch.maximum((n * qt).sum(-1).abs(), torch.exp(-m)) + eps
-        outs.append(num / den[..., None])
-    return torch.stack(outs, 2), (C, n, m)
+# ----------------------------------------------------------------------------- unstabilized oracle
 
 
 def oracle_true(q, k, v, i, f):
@@ -141,10 +109,6 @@ def run_with_grads(fn, inputs, state, grads, double=False):
     return h, final, [t.grad for t in all_leaves]
 
 
-def oracle_fn(q, k, v, i, f, initial_state=None, return_final_state=True, eps=1e-6):
-    return oracle_stabilized(q, k, v, i, f, initial_state, eps)
-
-
 def upstream(T, seed):
     g = torch.Generator().manual_seed(seed + 1000)
     return (
@@ -161,7 +125,7 @@ GRAD_NAMES = ["q", "k", "v", "i", "f", "C0", "n0", "m0"]
 def check_against_oracle(inputs, state, seed, tol, forms=FORMS):
     T = inputs[0].shape[2]
     grads = upstream(T, seed)
-    h_ref, s_ref, g_ref = run_with_grads(oracle_fn, inputs, state, grads, double=True)
+    h_ref, s_ref, g_ref = run_with_grads(mlstm_oracle, inputs, state, grads, double=True)
     true_ref = true_form(s_ref)
     for name, fn in forms.items():
         h, s, g = run_with_grads(fn, inputs, state, grads)
@@ -215,7 +179,7 @@ def test_extreme_gates_finite():
     i = pattern.repeat(T // 2).expand(B, H, T).contiguous()
     f = pattern.repeat_interleave(2).repeat(T // 4).expand(B, H, T).contiguous()
     for st in (None, state):
-        h_ref, s_ref = oracle_stabilized(q, k, v, i, f, st)
+        h_ref, s_ref = mlstm_oracle(q, k, v, i, f, st, return_final_state=True)
         for name, fn in FORMS.items():
             h, s = fn(q, k, v, i, f, initial_state=st, return_final_state=True)
             assert torch.isfinite(h).all() and all(torch.isfinite(x).all() for x in s), name

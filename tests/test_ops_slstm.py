@@ -8,16 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from hf_xlstm.kernels import slstm, slstm_native
+from kernel_checks import rel_err
 
 B, H, D = 2, 2, 8
 TOL = 1e-5
 STATE_NAMES = ("c", "n", "m", "h")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|: the error of a relative to the largest entry of the reference b."""
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 def oracle(x, R, state=None, mask=None):

@@ -2,37 +2,37 @@
 
 Without a GPU the kernels run in the Triton interpreter, which triton selects when a kernel is
 *decorated* (TRITON_INTERPRET=1 must be set before the kernel module is imported). So the kernel
-cases run in one child process started with that variable (this file run as a script); the
-parent's environment and imported modules stay untouched, and each case below asserts on what
-the child measured. Dispatch rules that need no kernel run in-process.
+cases run in one child process started with that variable (this file run as a script, through
+kernel_checks.run_interpreted); the parent's environment and imported modules stay untouched, and
+each case below asserts on what the child measured. Dispatch rules that need no kernel run
+in-process.
 
-Every case compares the kernel with a float64 step-by-step oracle written here and with the
-native chunkwise reference, on the output, the final state and every gradient (random upstream
-gradients on h and on all of C, n, m), with the kernel's buffers poisoned with NaN.
-Errors are relative: max|a - b| / max(max|b|, 1). Inputs and upstream gradients are O(1), so the
-floor of 1 only matters for gradients that are exactly zero in exact arithmetic (dq at T = 1
-without a state: h_1 = v_1 sign(q.k_1) does not depend on |q|), where the kernel's and the
-oracle's results are rounding noise of O(1) terms that cancel.
+Every case compares the kernel with the float64 step-by-step oracle (kernel_checks.mlstm_oracle)
+and with the native chunkwise reference, on the output, the final state and every gradient (random
+upstream gradients on h and on all of C, n, m), with the kernel's buffers poisoned with NaN.
+Errors are relative: max|a - b| / max(max|b|, 1), i.e. rel_err with a floor of 1. Inputs and
+upstream gradients are O(1), so the floor only matters for gradients that are exactly zero in
+exact arithmetic (dq at T = 1 without a state: h_1 = v_1 sign(q.k_1) does not depend on |q|),
+where the kernel's and the oracle's results are rounding noise of O(1) terms that cancel.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from kernel_checks import mlstm_oracle, poison_kernel_buffers, rel_err, report, run_interpreted
 
 NEG_INF, POS_INF = float("-inf"), float("inf")
 NAMES = ("h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
 # fp32: the kernel uses exact fp32 products in the interpreter; measured errors against the
 # float64 oracle are ~1e-7..5e-6 (the larger ones where a small denominator amplifies rounding).
 TOL = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2}
+FLOOR = 1.0  # rel_err's floor (see the module docstring)
 
 SEQ_CASES = [
     dict(T=T, init=init, L=L, dtype=dt, K=16, V=32)
@@ -56,36 +56,6 @@ STEP_CASES = [
 
 def case_id(c: dict) -> str:
     return "-".join(f"{k}{v}" for k, v in c.items())
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
-
-
-def oracle(q, k, v, i, f, initial_state=None, return_final_state=True, chunk_size=None, eps=1e-6):
-    """The stabilized recurrence, one step at a time, in float64 (differentiable). It has the same
-    stabilizer as the chunkwise form (the max is associative), so it matches eps term and all."""
-    q, k, v, i, f = (t.double() for t in (q, k, v, i, f))
-    B, H, T, K = q.shape
-    if initial_state is None:
-        C, n, m = q.new_zeros(B, H, K, v.shape[-1]), q.new_zeros(B, H, K), q.new_zeros(B, H)
-    else:
-        C, n, m = (s.double() for s in initial_state)
-    hs = []
-    for t in range(T):
-        lf = F.logsigmoid(f[:, :, t])
-        m_new = torch.maximum(lf + m, i[:, :, t])
-        fa, ia = torch.exp(lf + m - m_new), torch.exp(i[:, :, t] - m_new)
-        C = fa[..., None, None] * C + ia[..., None, None] * k[:, :, t, :, None] * v[:, :, t, None, :]
-        n = fa[..., None] * n + ia[..., None] * k[:, :, t]
-        m = m_new
-        qt = q[:, :, t] / K**0.5
-        den = torch.maximum((n * qt).sum(-1).abs(), torch.exp(-m)) + eps
-        hs.append((C * qt[..., None]).sum(-2) / den[..., None])
-    return torch.stack(hs, 2), (C, n, m)
 
 
 # ----------------------------------------------------------------------------- child process
@@ -129,11 +99,11 @@ def _child_seq(c: dict, seed: int) -> dict:
     finally:
         mlstm_triton.TUNING.update(old)
     nat = _run_seq(mlstm_native.mlstm_chunkwise, inputs, c["L"], seed + 1)
-    ref = _run_seq(oracle, inputs, c["L"], seed + 1)
+    ref = _run_seq(mlstm_oracle, inputs, c["L"], seed + 1)
     out = {
-        "vs_oracle": {n: rel_err(a, b) for n, a, b in zip(NAMES, kern, ref)},
-        "vs_native": {n: rel_err(a, b) for n, a, b in zip(NAMES, kern, nat)},
-        "native_vs_oracle": {n: rel_err(a, b) for n, a, b in zip(NAMES, nat, ref)},
+        "vs_oracle": {n: rel_err(a, b, FLOOR) for n, a, b in zip(NAMES, kern, ref)},
+        "vs_native": {n: rel_err(a, b, FLOOR) for n, a, b in zip(NAMES, kern, nat)},
+        "native_vs_oracle": {n: rel_err(a, b, FLOOR) for n, a, b in zip(NAMES, nat, ref)},
         "h_dtype": str(kern[0].dtype).replace("torch.", ""),
     }
     if c.get("masked"):
@@ -170,7 +140,7 @@ def _child_step(c: dict, seed: int) -> dict:
     finally:
         mlstm_triton.TUNING.update(old)
     h_ref, new_ref = mlstm_native.mlstm_step_native(q, k, v, i, f, st)
-    out = {"errs": {n: rel_err(a, b) for n, a, b in zip(("h", "C", "n", "m"), (h, *new), (h_ref, *new_ref))},
+    out = {"errs": {n: rel_err(a, b, FLOOR) for n, a, b in zip(("h", "C", "n", "m"), (h, *new), (h_ref, *new_ref))},
            "h_dtype": str(h.dtype).replace("torch.", "")}
     if st is not None:
         out["masked_keeps_state"] = all(torch.equal(a[0, 1], b[0, 1]) for a, b in zip(new, st))
@@ -206,16 +176,14 @@ def _child_dispatch() -> dict:
     # The triton path really runs the kernel when it can (poisoned buffers, finite result).
     h = mlstm(q, k, v, i, f, chunk_size=16, backend="triton")
     out["triton_runs"] = {"finite": bool(torch.isfinite(h).all()),
-                          "err": rel_err(h, mlstm_native.mlstm_chunkwise(q, k, v, i, f, chunk_size=16))}
+                          "err": rel_err(h, mlstm_native.mlstm_chunkwise(q, k, v, i, f, chunk_size=16), FLOOR)}
     out["fallback_set_size"] = len(ops._FALLBACK_WARNED)
     return out
 
 
 def _child_main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from hf_xlstm.kernels import mlstm_triton
-
-    mlstm_triton.POISON_ALLOCATIONS = True
+    poison_kernel_buffers()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     res = {"seq": {}, "step": {}}
     for n, c in enumerate(SEQ_CASES):
@@ -232,7 +200,7 @@ def _child_main() -> None:
         res["dispatch"] = _child_dispatch()
     except Exception as e:
         res["dispatch"] = {"error": repr(e)}
-    print("RESULTS " + json.dumps(res))
+    report(res)
 
 
 # ----------------------------------------------------------------------------- tests (parent)
@@ -240,14 +208,7 @@ def _child_main() -> None:
 
 @pytest.fixture(scope="module")
 def interp():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=900,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"interpreter child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return json.loads(lines[-1][len("RESULTS "):])
+    return run_interpreted([os.path.abspath(__file__)], timeout=900)[-1]
 
 
 @pytest.mark.parametrize("case", SEQ_CASES, ids=case_id)

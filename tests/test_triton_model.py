@@ -2,16 +2,17 @@
 run in the Triton interpreter on CPU, against the same weights on the native backend.
 
 triton reads TRITON_INTERPRET when it compiles (at import of the kernel modules), so the check runs in a child
-process with the variable set; this process's environment is untouched.
+process with the variable set (kernel_checks.run_interpreted); this process's environment is untouched.
 """
 
-import os
-import subprocess
-import sys
+from kernel_checks import run_interpreted
 
 CHILD = r"""
+from functools import partial
+
 import torch
 from conftest import tiny_model
+from kernel_checks import rel_err, report
 
 torch.manual_seed(0)
 native = tiny_model("paper", hidden_size=16, num_heads=2, chunk_size=16, backend="native")
@@ -19,8 +20,7 @@ triton = tiny_model("paper", hidden_size=16, num_heads=2, chunk_size=16, backend
 triton.load_state_dict(native.state_dict())
 ids = torch.randint(3, 97, (2, 21))
 
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+rel = partial(rel_err, floor=1e-6)
 
 # training forward + backward
 for model in (native, triton):
@@ -44,13 +44,9 @@ assert torch.equal(beams, native.generate(ids[:, :7], num_beams=3, num_return_se
 # the Triton kernels really ran (no silent fallback to native)
 import hf_xlstm.kernels.ops as ops
 assert not ops._FALLBACK_WARNED, ops._FALLBACK_WARNED
-print("ok")
+report("ok")
 """
 
 
 def test_model_trains_and_generates_on_triton_kernels():
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": tests_dir}
-    result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env,
-                            cwd=tests_dir, timeout=600)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]
+    assert run_interpreted(["-c", CHILD], timeout=600) == ["ok"]

@@ -3,8 +3,8 @@ interpreter.
 
 Triton reads TRITON_INTERPRET when @triton.jit decorates, i.e. when the kernel module is imported,
 so the interpreter checks run in one child process started with the variable set (this process's
-environment is never touched). The child runs every case of CASES and prints one JSON line per
-case; each case is then its own test here.
+environment is never touched; kernel_checks.run_interpreted). The child runs every case of CASES
+and reports one result per case; each case is then its own test here.
 
 Every case compares the kernel with slstm_native on the same values (16-bit inputs are upcast for
 the reference): the output, the final state (c, n, m, h) and the gradients of x, R and the initial
@@ -17,14 +17,14 @@ Errors are relative: max|a - b| / max|b|.
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import subprocess
 import sys
 import warnings
 
 import pytest
 import torch
+
+from kernel_checks import poison_kernel_buffers, rel_err, report, run_interpreted
 
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}  # 16-bit: rounding of x, R, h, dx, dR
 
@@ -54,11 +54,6 @@ CASE_NAMES = [c[0] for c in CASES]
 
 def _kernel_module():
     return importlib.import_module("hf_xlstm.kernels.slstm_triton")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 # ------------------------------------------------------------------ child process (interpreter)
@@ -100,7 +95,7 @@ def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expecte
     chosen = {}
 
     def kernel(x, R, state, mask):
-        chosen["mode"] = K._pick_config(B, H, D, x.device, K._is_interpreted(), overrides).mode
+        chosen["mode"] = K._pick_config(B, H, D, x.device, K.interpreted(), overrides).mode
         if how == "ops":
             return slstm(x, R, state, True, backend="triton", mask=mask)
         return K.slstm_triton(x, R, state, True, mask, _overrides=overrides)
@@ -108,7 +103,7 @@ def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expecte
     def native(x, R, state, mask):
         return slstm_native(x.float(), R.float(), state, True, mask)
 
-    K._POISON_BUFFERS = True
+    poison_kernel_buffers()
     with warnings.catch_warnings():
         # a fallback to the native op warns: fail instead
         warnings.filterwarnings("error", message=".*using the native op")
@@ -126,23 +121,14 @@ def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expecte
 
 def _worker() -> None:
     torch.set_num_threads(2)
-    assert _kernel_module()._is_interpreted(), "the child must import the kernels under TRITON_INTERPRET=1"
+    assert _kernel_module().interpreted(), "the child must import the kernels under TRITON_INTERPRET=1"
     for case in CASES:
-        print(json.dumps(_run_case(*case)), flush=True)
+        report(_run_case(*case))
 
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, f"interpreter worker failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            r = json.loads(line)
-            results[r["name"]] = r
-    return results
+    return {r["name"]: r for r in run_interpreted([os.path.abspath(__file__), "--worker"], timeout=900)}
 
 
 # ------------------------------------------------------------------ tests (this process)
@@ -165,7 +151,7 @@ def test_kernel_matches_native(interpreter_results, case):
 def test_interpreter_does_not_leak():
     # the child had TRITON_INTERPRET; this process keeps whatever it started with
     K = _kernel_module()
-    assert K._is_interpreted() == (os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on"))
+    assert K.interpreted() == (os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on"))
 
 
 def test_unsupported_reasons():
@@ -173,7 +159,7 @@ def test_unsupported_reasons():
     x = torch.zeros(2, 3, 4, 2, 8)
     R = torch.zeros(4, 2, 8, 8)
     cpu_reason = K.slstm_triton_unsupported_reason(x, R)
-    if K._is_interpreted():
+    if K.interpreted():
         assert cpu_reason is None
     else:
         assert "TRITON_INTERPRET" in cpu_reason

@@ -10,10 +10,10 @@ import math
 
 from transformers import PretrainedConfig
 
+from .kernels import BACKENDS
 from .remote_code import AUTO_MAP, save_code
 
 BLOCK_STYLES = ("paper", "large")
-BACKENDS = ("auto", "native", "triton")
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -48,7 +48,10 @@ class xLSTMConfig(PretrainedConfig):
             "large" (the xLSTM-7B block: plain q/k/v projections, soft-capped gates, output gate, SwiGLU FFN).
 
     Kernels:
-        chunk_size: chunk length of the chunkwise mLSTM (training and prefill).
+        chunk_size: chunk length of the chunkwise mLSTM (training and prefill); any integer >= 1 (the
+            result does not depend on it, up to rounding). The Triton kernels take powers of two in
+            [16, 128]: with another value a Triton backend ("triton", or "auto" on CUDA) runs the native
+            PyTorch op instead, with one warning naming the chunk size.
         backend: "auto" (Triton on CUDA, PyTorch elsewhere), "native" or "triton". Stored as the user's choice,
             never as a hardware-specific kernel name.
         mlstm_eps: epsilon in the mLSTM output denominator.
