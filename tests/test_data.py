@@ -8,8 +8,7 @@ import textwrap
 import pytest
 
 from conftest import WITHOUT_HF_XLSTM, tiny_model
-from hf_xlstm.data import load_tokenizer
-from hf_xlstm.pretraining import train_bpe_tokenizer
+from hf_xlstm.data import load_tokenizer, train_bpe_tokenizer
 
 TEXT = "def main(argv):\n    for name in argv:\n        print(name)\n    return 0\n"
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from test_lm_eval import _load_script, corpus, make_tokenizer, save_tiny_model
+from hf_xlstm.data import pack_documents, read_documents
+from test_lm_eval import corpus, make_tokenizer, save_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +51,19 @@ def test_lora_targets_cover_the_linear_maps(style):
 def test_full_finetune_script(tokenizer, text_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from hf_xlstm.finetuning import load_text_blocks
+    from hf_xlstm.finetuning import main
 
     folder = save_tiny_model(tmp_path / "base", "paper", tokenizer)
     out = tmp_path / "full"
-    metrics = _load_script("finetune").main([str(folder), str(out), "--train-files", str(text_file),
-                                             "--block-size", "32", "--max-steps", "12", "--batch-size", "8",
-                                             "--learning-rate", "3e-3", "--logging-steps", "4"])
+    # the command line of scripts/finetune.py, flags spelled as in pretraining
+    metrics = main(["--model_name_or_path", str(folder), "--output_dir", str(out), "--train_files", str(text_file),
+                    "--block_size", "32", "--max_steps", "12", "--per_device_train_batch_size", "8",
+                    "--learning_rate", "3e-3", "--logging_steps", "4"])
     losses = [loss for _, loss in metrics["losses"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert json.loads((out / "finetune_results.json").read_text())["global_step"] == 12
 
-    blocks = load_text_blocks(tokenizer, 32, train_files=[str(text_file)]).select(range(16))
+    blocks = pack_documents(read_documents([text_file]), tokenizer, 32).select(range(16))
     before = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     after = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert _loss(after, blocks) < _loss(before, blocks) - 0.1
@@ -74,7 +76,7 @@ def test_lora_finetune(style, tokenizer, text_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from hf_xlstm import xLSTMForCausalLM
-    from hf_xlstm.finetuning import finetune, lora_target_modules, load_text_blocks
+    from hf_xlstm.finetuning import finetune, lora_target_modules
 
     folder = save_tiny_model(tmp_path / "base", style, tokenizer)
     out = tmp_path / "lora"
@@ -94,10 +96,21 @@ def test_lora_finetune(style, tokenizer, text_file, tmp_path):
 
     # the adapter on a fresh base gives the merged model's logits, before and after merge_and_unload
     adapted = PeftModel.from_pretrained(xLSTMForCausalLM.from_pretrained(folder), out / "adapter").eval()
-    blocks = load_text_blocks(tokenizer, 32, train_files=[str(text_file)]).select(range(8))
+    blocks = pack_documents(read_documents([text_file]), tokenizer, 32).select(range(8))
     ids = torch.tensor(blocks["input_ids"])
     with torch.no_grad():
         reference = merged(ids).logits
         torch.testing.assert_close(adapted(input_ids=ids).logits, reference)
         torch.testing.assert_close(adapted.merge_and_unload()(ids).logits, reference)
     assert _loss(merged, blocks) < _loss(base, blocks)
+
+
+def test_fine_tuning_flags_are_spelled_as_in_pretraining():
+    import dataclasses
+
+    from hf_xlstm.finetuning import FinetuneArguments
+    from hf_xlstm.pretraining import DataArguments, ModelArguments
+
+    pretraining = {f.name for f in dataclasses.fields(DataArguments) + dataclasses.fields(ModelArguments)}
+    shared = {"model_name_or_path", "train_files", "dataset_name", "dataset_config_name", "text_column", "block_size"}
+    assert shared <= {f.name for f in dataclasses.fields(FinetuneArguments)} and shared <= pretraining

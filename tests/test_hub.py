@@ -1,10 +1,10 @@
 """The Hub side of a pretraining run: the folder loads in a fresh process with only transformers
 (trust_remote_code) and generates; the model card's metadata is what the Hub accepts; push_to_hub --dry-run
-stages exactly the files to upload."""
+stages exactly the files to upload, with a card that holds every result (pretraining and lm-eval)."""
 
-import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoTokenizer
 
 from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
+from hf_xlstm.hub import push
 from hf_xlstm.model_card import validate_model_card, write_model_card
 from pretrain_run import short_run
 
@@ -165,10 +166,42 @@ def test_push_dry_run_leaves_no_staging_folder_behind(run, tmp_path):
 
 
 def test_push_refuses_a_folder_that_is_not_a_saved_model(tmp_path):
-    spec = importlib.util.spec_from_file_location("push_to_hub", ROOT / "scripts" / "push_to_hub.py")
-    push = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(push)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="missing config.json"):  # hf_xlstm.cli.run makes it one `error:` line
-        push.main([str(tmp_path / "empty"), "--repo-id", "a/b", "--dry-run", "--staging-dir", str(tmp_path / "s")])
+        push(tmp_path / "empty", "a/b", dry_run=True, staging_dir=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_pretrain_evaluate_push_card_keeps_every_result(run, tmp_path, capsys):
+    """pretrain -> evaluate with lm-eval -> push --dry-run: the staged card (README.md and model_card.json) has the
+    held-out perplexity of the pretraining run and the lm-eval results, in the metadata and in the table."""
+    from hf_xlstm.evaluation import card_eval_results, evaluate_folder
+
+    run_folder, pretrain_results = run
+    folder = tmp_path / "xlstm-evaluated"  # a copy: the shared run keeps its own card
+    folder.mkdir()
+    for path in run_folder.iterdir():
+        if path.is_file():
+            shutil.copy2(path, folder / path.name)
+    # the local tasks but associative recall, which needs more single-token words than this 300-token BPE has
+    results, _, card_path = evaluate_folder(folder, tasks="xlstm_heldout_ppl,xlstm_last_word", limit=2,
+                                            batch_size=2)
+    assert card_path == folder / "README.md"
+    lm_eval_results = {(e["task_name"], e["metric_type"]): e["metric_value"] for e in card_eval_results(results)}
+    assert {("xlstm_heldout_ppl", "bits_per_byte"), ("xlstm_last_word", "acc")} <= set(lm_eval_results)
+
+    stage = tmp_path / "stage"
+    assert push(folder, "someone/xlstm-evaluated", staging_dir=stage, dry_run=True) is None
+    assert "would upload" in capsys.readouterr().out
+
+    card = validate_model_card(stage)
+    staged = {(r.task_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert staged[("Causal language modeling", "perplexity")] == pytest.approx(pretrain_results["perplexity"],
+                                                                                abs=1e-4)
+    assert {k: v for k, v in staged.items() if k in lm_eval_results} == lm_eval_results
+    assert len(staged) == 1 + len(lm_eval_results)
+    table = card.text.split("## Evaluation")[1].split("## Limitations")[0]
+    assert "Held-out perplexity" in table and "xlstm_heldout_ppl" in table and "xlstm_last_word" in table
+    stored = json.loads((stage / "model_card.json").read_text())
+    assert stored["repo_id"] == "someone/xlstm-evaluated"
+    assert {(e.get("task_name"), e["metric_type"]) for e in stored["eval_results"]} == set(staged)

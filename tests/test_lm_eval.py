@@ -66,8 +66,8 @@ def folders(tokenizer, tmp_path_factory):
 def heldout_file(tmp_path_factory):
     """Short held-out documents in the tokenizer's own language (few tokens each: the tests stay fast)."""
     sentences = corpus(24, seed=1)
-    path = tmp_path_factory.mktemp("heldout") / "heldout.txt"
-    path.write_text("\n\n".join(" ".join(sentences[i: i + 3]) for i in range(0, 24, 3)))
+    path = tmp_path_factory.mktemp("heldout") / "heldout.jsonl"  # a document per line
+    path.write_text("".join(json.dumps({"text": " ".join(sentences[i: i + 3])}) + "\n" for i in range(0, 24, 3)))
     return path
 
 
@@ -113,9 +113,12 @@ def test_local_task_data(tokenizer, tmp_path):
     cloze = last_word_dataset()["test"]
     assert len(cloze) >= 40 and all(" " not in r["target"] and r["target"].isalpha() for r in cloze)
     assert len(heldout_dataset()["test"]) >= 10
-    own = tmp_path / "valid.txt"
-    own.write_text("first document\nstill first\n\nsecond document\n\n\n")
-    assert heldout_dataset(heldout_file=str(own))["test"]["text"] == ["first document\nstill first", "second document"]
+    own = tmp_path / "valid.txt"  # a text file is one document, as in pretraining and fine-tuning
+    own.write_text("first paragraph\n\nsecond paragraph\n")
+    assert heldout_dataset(heldout_file=str(own))["test"]["text"] == ["first paragraph\n\nsecond paragraph\n"]
+    rows = tmp_path / "valid.jsonl"
+    rows.write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert heldout_dataset(heldout_file=str(rows))["test"]["text"] == ["one", "two"]
 
     assert not hub_reachable()  # the tests run with HF_HUB_OFFLINE=1
     assert resolve_tasks("auto") == ["xlstm_heldout_ppl", "xlstm_last_word", "xlstm_assoc_recall"]
@@ -163,6 +166,9 @@ def test_evaluate_script_and_lm_eval_cli(folders, heldout_file, tmp_path):
     assert results[("xlstm_assoc_recall", "acc")] == summary["xlstm_assoc_recall"]["acc"]
     assert results[("xlstm_heldout_ppl", "bits_per_byte")] == summary["xlstm_heldout_ppl"]["bits_per_byte"]
     assert "## Evaluation" in card and "xlstm_last_word" in card.split("## Evaluation")[1]
+    # kept with the folder's card inputs too, so that the card written again for the Hub has them
+    stored = json.loads((folder / "model_card.json").read_text())["eval_results"]
+    assert {(e.get("task_name"), e["metric_type"]): e["metric_value"] for e in stored} == results
 
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",

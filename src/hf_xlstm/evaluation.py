@@ -5,8 +5,8 @@ Local tasks (in `TASKS_DIR`, found from a source checkout and from an installed 
 downloaded):
 
     xlstm_heldout_ppl    held-out perplexity (loglikelihood_rolling) on a few KB of English prose shipped here,
-                         or on your own text file (metadata `heldout_file`: .txt, one document per blank-line
-                         separated paragraph, or .jsonl with a "text" field)
+                         or on your own text (metadata `heldout_file`: a .txt/.md file is one document; a .jsonl
+                         file holds one per line in a "text" field)
     xlstm_last_word      last-word cloze (loglikelihood): predict the final word of a sentence whose context
                          makes it guessable; reports perplexity of the word and accuracy of greedy decoding
     xlstm_assoc_recall   associative recall (multiple choice): a list of "key: value" pairs of words drawn from
@@ -31,7 +31,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -56,28 +55,18 @@ def _as_dataset(rows: list[dict]):
     return DatasetDict({"test": Dataset.from_list(rows)})
 
 
-def read_documents(path: str | Path) -> list[str]:
-    """Documents of a held-out file: .jsonl with a "text" field per line, or plain text split at blank lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"heldout_file {str(path)!r} does not exist; pass a .txt or .jsonl file.")
-    if path.suffix == ".jsonl":
-        rows = _read_jsonl(path)
-        if not rows or any("text" not in r for r in rows):
-            raise ValueError(f"{path}: every line of a .jsonl held-out file needs a \"text\" field.")
-        docs = [r["text"] for r in rows]
-    else:
-        docs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n")]
-    docs = [d for d in docs if d]
-    if not docs:
-        raise ValueError(f"{path}: no non-empty documents found.")
-    return docs
-
-
 def heldout_dataset(heldout_file: str | None = None, **_: Any):
-    """custom_dataset of xlstm_heldout_ppl: {"text"} rows, test split."""
-    docs = read_documents(heldout_file or TASKS_DIR / "heldout.jsonl")
-    return _as_dataset([{"text": d} for d in docs])
+    """custom_dataset of xlstm_heldout_ppl: {"text"} rows, test split. The file follows hf_xlstm.data's one rule:
+    a .txt/.md/.py file is one document; .json/.jsonl/.csv/.parquet hold a document per row in a "text" column."""
+    from datasets import DatasetDict
+
+    from .data import read_documents
+
+    documents = read_documents([heldout_file or TASKS_DIR / "heldout.jsonl"])
+    documents = documents.filter(lambda row: bool(row["text"].strip()))
+    if len(documents) == 0:
+        raise ValueError(f"heldout_file {heldout_file}: no non-empty documents found.")
+    return DatasetDict({"test": documents})
 
 
 def last_word_dataset(**_: Any):
@@ -355,58 +344,16 @@ def card_eval_results(results: dict) -> list[dict]:
     return entries
 
 
-def _eval_table(entries) -> str:
-    from .model_card import _format_value
-
-    rows = ["| task | dataset | split | metric | value |", "| --- | --- | --- | --- | --- |"]
-    for r in entries:
-        rows.append(f"| {r.task_name or r.task_type} | {r.dataset_name} | {r.dataset_split or '-'} | "
-                    f"{r.metric_name or r.metric_type} | {_format_value(r.metric_value)} |")
-    return "\n".join(rows)
-
-
-def update_model_card(folder: str | Path, results: dict) -> Path:
-    """Put lm-eval results into `folder`/README.md: written fresh with hf_xlstm.model_card.write_model_card when
-    the folder has no card; otherwise the existing card keeps its text and other results (e.g. the pretraining
-    perplexity), and its model-index metadata and "## Evaluation" table get these results (same task and metric:
-    replaced). Returns the card path."""
-    from huggingface_hub import EvalResult, ModelCard
-
-    from .model_card import _eval_result, validate_model_card, write_model_card
-
-    folder = Path(folder)
-    path = folder / "README.md"
-    new = [_eval_result({k: v for k, v in e.items() if v is not None}) for e in card_eval_results(results)]
-    if not path.is_file():
-        write_model_card(folder, eval_results=new)
-        return path
-    card = ModelCard.load(path, ignore_metadata_errors=False)
-    keys = {(r.task_name, r.dataset_type, r.metric_type) for r in new}
-    kept = [r for r in (card.data.eval_results or []) if (r.task_name, r.dataset_type, r.metric_type) not in keys]
-    merged: list[EvalResult] = kept + new
-    card.data.eval_results = merged
-    card.data.model_name = card.data.model_name or folder.resolve().name
-    section = f"## Evaluation\n\n{_eval_table(merged)}\n\n"
-    body = card.text
-    if re.search(r"^## Evaluation\n", body, flags=re.M):
-        body = re.sub(r"^## Evaluation\n.*?(?=^## |\Z)", lambda _: section, body, count=1, flags=re.M | re.S)
-    elif re.search(r"^## Limitations\n", body, flags=re.M):
-        body = re.sub(r"^(?=## Limitations\n)", lambda _: section, body, count=1, flags=re.M)
-    else:
-        body = body.rstrip("\n") + "\n\n" + section
-    card.text = body
-    card.save(path)
-    validate_model_card(path)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------- one call
 def evaluate_folder(folder: str | Path, tasks: str | list[str] = "auto", *, output: str | Path | None = None,
                     model_card: bool = True, **evaluate_kwargs) -> tuple[dict, Path, Path | None]:
     """What scripts/evaluate.py does: `evaluate(folder, tasks=...)`, the results JSON (default
-    folder/eval_results.json) and, with `model_card`, the results in folder/README.md. Returns (lm-eval results,
-    JSON path, card path or None). Tasks an alias left out (see `select_tasks`: the standard ones of "auto" when
-    the Hub is not reachable) are in the results and the JSON under "skipped_tasks", {task: reason}."""
+    folder/eval_results.json) and, with `model_card`, the results in the folder's model card: `card_eval_results`
+    handed to hf_xlstm.model_card.write_model_card, which adds them to the card's other results (e.g. the
+    pretraining perplexity; the same task and metric: replaced), stores them in folder/model_card.json (so
+    scripts/push_to_hub.py keeps them) and writes folder/README.md. Returns (lm-eval results, JSON path, card path
+    or None). Tasks an alias left out (see `select_tasks`: the standard ones of "auto" when the Hub is not
+    reachable) are in the results and the JSON under "skipped_tasks", {task: reason}."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Model folder {str(folder)!r} does not exist; give a folder saved with "
@@ -420,5 +367,10 @@ def evaluate_folder(folder: str | Path, tasks: str | list[str] = "auto", *, outp
     json_path.parent.mkdir(parents=True, exist_ok=True)
     record = {**results_record(results, model_name=folder.name), "skipped_tasks": skipped}
     json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    card_path = update_model_card(folder, results) if model_card else None
+    card_path = None
+    if model_card:
+        from .model_card import write_model_card
+
+        write_model_card(folder, eval_results=card_eval_results(results))
+        card_path = folder / "README.md"
     return results, json_path, card_path

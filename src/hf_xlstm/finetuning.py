@@ -14,7 +14,7 @@ the adapter; the mLSTM gate projections of the same names come along). The input
 styles (`igate`, `fgate`: width -> num_heads) are not LoRA targets: a rank-r update of a num_heads-row matrix
 saves nothing. The sLSTM recurrent matrices and biases stay frozen under LoRA.
 
-    from hf_xlstm.finetuning import finetune, load_text_blocks
+    from hf_xlstm.finetuning import finetune
     finetune("my-xlstm", "my-xlstm-ft", train_files=["notes.txt"], lora=True, max_steps=200)
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,57 +65,6 @@ def lora_config(config, r: int = 8, alpha: int | None = None, dropout: float = 0
     )
 
 
-# ---------------------------------------------------------------------------------------------------- data
-def load_text_documents(train_files: Sequence[str] | None = None, dataset_name: str | None = None,
-                        dataset_config: str | None = None, text_column: str = "text", split: str = "train"):
-    """Documents (a datasets.Dataset with one "text" column) from local files (.txt/.md/.py: one document per
-    file; .json/.jsonl/.csv/.parquet: rows with `text_column`) or a `datasets` dataset by name."""
-    from datasets import Dataset, load_dataset
-
-    from .pretraining import FILE_BUILDERS
-
-    if bool(train_files) == bool(dataset_name):
-        raise ValueError("Give either train_files or dataset_name (one source of training text).")
-    if dataset_name:
-        data = load_dataset(dataset_name, dataset_config, split=split)
-    else:
-        kinds = set()
-        for f in train_files:
-            if not Path(f).is_file():
-                raise FileNotFoundError(f"Training file {f!r} does not exist.")
-            suffix = Path(f).suffix.lower()
-            if suffix not in FILE_BUILDERS:
-                raise ValueError(f"{f}: unsupported file type {suffix!r}; use one of {sorted(FILE_BUILDERS)}.")
-            kinds.add(FILE_BUILDERS[suffix])
-        if len(kinds) > 1:
-            raise ValueError(f"Mixed file kinds {sorted(kinds)}: give plain-text files or one tabular format.")
-        if kinds == {"text"}:
-            data = Dataset.from_dict({"text": [Path(f).read_text(encoding="utf-8") for f in train_files]})
-        else:
-            data = load_dataset(kinds.pop(), data_files=list(train_files), split="train")
-    if text_column not in data.column_names:
-        raise ValueError(f"The training data has no column {text_column!r} (columns: {data.column_names}); "
-                         "set text_column.")
-    data = data.select_columns([text_column])
-    return data.rename_column(text_column, "text") if text_column != "text" else data
-
-
-def pack_blocks(documents, tokenizer, block_size: int):
-    """`pretraining.pack_documents`, refusing text too short for one block."""
-    from .pretraining import pack_documents
-
-    blocks = pack_documents(documents, tokenizer, block_size)
-    if len(blocks) == 0:
-        raise ValueError(f"Not enough text for one block of {block_size} tokens; give more text or a smaller "
-                         "block_size.")
-    return blocks
-
-
-def load_text_blocks(tokenizer, block_size: int, **source) -> Any:
-    """`pack_blocks(load_text_documents(**source), tokenizer, block_size)`."""
-    return pack_blocks(load_text_documents(**source), tokenizer, block_size)
-
-
 # ---------------------------------------------------------------------------------------------------- training
 def prepare_model(model, lora: bool | Any = False, **lora_kwargs):
     """The model to train: as it is (full fine-tuning), or wrapped by peft with `lora` (True: `lora_config(model.
@@ -132,21 +82,23 @@ def prepare_model(model, lora: bool | Any = False, **lora_kwargs):
 def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *, eval_blocks=None,
              lora: bool | Any = False, lora_options: dict | None = None, merge: bool = True, block_size: int = 256,
              train_files: Sequence[str] | None = None, dataset_name: str | None = None,
-             dataset_config: str | None = None, text_column: str = "text", **training_args) -> dict[str, Any]:
+             dataset_config_name: str | None = None, text_column: str = "text", args=None,
+             **training_args) -> dict[str, Any]:
     """Fine-tune the saved model in `model_dir` with Trainer and save the result to `output_dir`.
 
-    Data: `train_blocks` (a Dataset with input_ids/labels of equal length), or text from `train_files` /
-    `dataset_name` packed into `block_size`-token blocks with the folder's tokenizer.
+    Data: `train_blocks` (a Dataset with input_ids/labels of equal length), or text from `train_files` (one
+    document per .txt/.md/.py file, or rows of .json/.jsonl/.csv/.parquet) or the train split of `dataset_name`,
+    packed into `block_size`-token blocks with the folder's tokenizer (hf_xlstm.data).
     lora: False (all weights), True (LoRA with `lora_config(config, **lora_options)`) or a peft LoraConfig.
     Saved: full -> the model and tokenizer in output_dir; LoRA -> the adapter in output_dir/adapter and, with
     `merge`, the merged model and tokenizer in output_dir (a folder like any other: evaluate it, fine-tune again).
-    training_args: TrainingArguments fields (max_steps, learning_rate, per_device_train_batch_size, ...).
+    training_args: TrainingArguments fields (max_steps, learning_rate, per_device_train_batch_size, ...); or
+    `args`, a TrainingArguments object (the command line's), used as it is.
     Returns the logged losses and metrics (also written to output_dir/finetune_results.json).
     """
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from .data import load_tokenizer
-
+    from .data import load_tokenizer, pack_documents, read_documents, text_column_only
     from .modeling_xlstm import xLSTMForCausalLM
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
@@ -154,20 +106,30 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
         raise FileNotFoundError(f"{str(model_dir)!r} is not a saved model folder (no config.json).")
     tokenizer = load_tokenizer(model_dir, what="fine-tuning")
     if train_blocks is None:
-        train_blocks = load_text_blocks(tokenizer, block_size, train_files=train_files, dataset_name=dataset_name,
-                                        dataset_config=dataset_config, text_column=text_column)
+        if bool(train_files) == bool(dataset_name):
+            raise ValueError("Give either training files (--train_files) or a dataset (--dataset_name), one source "
+                             "of training text.")
+        if dataset_name:
+            from datasets import load_dataset
+
+            documents = text_column_only(load_dataset(dataset_name, dataset_config_name, split="train"), text_column)
+        else:
+            documents = read_documents(train_files, text_column)
+        train_blocks = pack_documents(documents, tokenizer, block_size, "the fine-tuning text")
     base = xLSTMForCausalLM.from_pretrained(model_dir)
     if len(tokenizer) > base.config.vocab_size:
         raise ValueError(f"The tokenizer in {model_dir} has {len(tokenizer)} tokens but the model only "
                          f"{base.config.vocab_size}: they do not belong together.")
+    if args is None:
+        defaults = dict(output_dir=str(output_dir / "checkpoints"), save_strategy="no", report_to=[],
+                        logging_steps=10, learning_rate=1e-4 if not lora else 1e-3, per_device_train_batch_size=8)
+        args = TrainingArguments(**{**defaults, **training_args})
+    elif training_args:
+        raise TypeError(f"Give TrainingArguments fields either in `args` or as keywords, not both: {training_args}.")
     model = prepare_model(base, lora, **(lora_options or {}))
-    if lora and (training_args.get("activation_checkpointing") or training_args.get("gradient_checkpointing")):
+    if lora and (args.activation_checkpointing or getattr(args, "gradient_checkpointing", None)):
         # the embedding is frozen under LoRA: checkpointed blocks need an input that requires grad
         model.enable_input_require_grads()
-
-    defaults = dict(output_dir=str(output_dir / "checkpoints"), save_strategy="no", report_to=[], logging_steps=10,
-                    learning_rate=1e-4 if not lora else 1e-3, per_device_train_batch_size=8)
-    args = TrainingArguments(**{**defaults, **training_args})
     trainer = Trainer(model=model, args=args, train_dataset=train_blocks, eval_dataset=eval_blocks,
                       data_collator=default_data_collator)
     result = trainer.train()
@@ -190,4 +152,84 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
             model.save_pretrained(output_dir)
             tokenizer.save_pretrained(output_dir)
         (output_dir / "finetune_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+@dataclass
+class FinetuneArguments:
+    """What to fine-tune, on which text, and how (the data flags are spelled as in pretraining)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "The saved model folder to start from."})
+    train_files: list[str] = field(default_factory=list, metadata={
+        "help": "Local .txt/.md/.py (one document per file), .json/.jsonl, .parquet or .csv files."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset (its train split)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    text_column: str = field(default="text", metadata={"help": "Column with the text."})
+    block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 * rank)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    target_modules: list[str] | None = field(default=None, metadata={
+        "help": "LoRA target modules instead of the documented ones of the block style."})
+    train_blockdiagonal: bool = field(default=False, metadata={
+        "help": "Paper blocks: also train the block-diagonal q/k/v and sLSTM gate maps in full."})
+    merge: bool = field(default=True, metadata={
+        "help": "With --lora: also save the merged model (false: the adapter only)."})
+
+
+def _training_arguments_class():
+    from transformers import TrainingArguments
+
+    @dataclass
+    class FinetuneTrainingArguments(TrainingArguments):
+        """transformers' TrainingArguments; output_dir is where the fine-tuned model is saved."""
+
+        learning_rate: float | None = field(default=None, metadata={"help": "Default: 1e-4, or 1e-3 with --lora."})
+        per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per device and step."})
+        logging_steps: float = field(default=10, metadata={"help": "Log the loss every N steps."})
+        save_strategy: str = field(default="no", metadata={"help": "Checkpoints while training (default: none)."})
+
+    return FinetuneTrainingArguments
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """(FinetuneArguments, TrainingArguments) from command-line style arguments or a .json file."""
+    import dataclasses
+    import sys
+
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((FinetuneArguments, _training_arguments_class()))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        finetune_args, training_args = parser.parse_json_file(argv[0])
+    else:
+        finetune_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if not finetune_args.model_name_or_path:
+        raise ValueError("--model_name_or_path: name the saved model folder to fine-tune.")
+    if not training_args.output_dir or training_args.output_dir == "trainer_output":
+        raise ValueError("--output_dir: name the folder the fine-tuned model goes to.")
+    if bool(finetune_args.train_files) == bool(finetune_args.dataset_name):
+        raise ValueError("Give either --train_files or --dataset_name: one source of training text.")
+    if training_args.learning_rate is None:
+        training_args = dataclasses.replace(training_args, learning_rate=1e-3 if finetune_args.lora else 1e-4)
+    return finetune_args, training_args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command line of scripts/finetune.py: parse, fine-tune, print the losses."""
+    args, training_args = parse_args(argv)
+    lora_options = None
+    if args.lora:
+        lora_options = dict(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                            target_modules=args.target_modules, train_blockdiagonal=args.train_blockdiagonal)
+    metrics = finetune(args.model_name_or_path, training_args.output_dir, lora=args.lora, lora_options=lora_options,
+                       merge=args.merge, block_size=args.block_size, train_files=args.train_files,
+                       dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+                       text_column=args.text_column, args=training_args)
+    for step, loss in metrics["losses"]:
+        print(f"step {step:5d}  loss {loss:.4f}")
+    print(f"saved to {training_args.output_dir}")
     return metrics

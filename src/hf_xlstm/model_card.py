@@ -2,6 +2,10 @@
 and arguments, the evaluation results and (for converted checkpoints) the source, with model-index metadata that
 the Hub accepts.
 
+`write_model_card` is the one way a card is written: pretraining, conversion, the lm-eval evaluation
+(hf_xlstm.evaluation.evaluate_folder) and Hub staging (hf_xlstm.hub) each call it with what they know; it keeps
+every call's inputs in the folder's model_card.json and renders README.md from all of them.
+
     from hf_xlstm.model_card import write_model_card, validate_model_card
     card = write_model_card("my-xlstm", training={"max_steps": 300}, dataset={"name": "python-stdlib"},
                             eval_results=[{"task_type": "text-generation", "dataset_type": "python-stdlib",

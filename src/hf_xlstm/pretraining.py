@@ -1,6 +1,6 @@
-"""Pretraining with transformers' Trainer: model from a preset / config file / flags, data through `datasets`
-(a Hub dataset, local files, or the embedded Python standard-library corpus), a tokenizer by name or a byte-level
-BPE trained on the training split, documents packed into fixed-length blocks with a held-out split, and a
+"""Pretraining with transformers' Trainer: model from a preset / config file / flags, documents and tokenizer from
+hf_xlstm.data (a Hub dataset, local files, or the embedded Python standard-library corpus; a tokenizer by name or a
+byte-level BPE trained on the training split; fixed-length blocks with a held-out split), a unigram baseline, and a
 Hub-ready output folder (safetensors, config with auto_map, model code, tokenizer, generation config, model card).
 
 The script scripts/pretrain.py is a thin wrapper around `main`; everything here is importable:
@@ -9,33 +9,29 @@ The script scripts/pretrain.py is a thin wrapper around `main`; everything here 
     model_args, data_args, training_args = parse_args(["--preset", "micro", "--max_steps", "10"])
     results = run_pretraining(model_args, data_args, training_args)
 
-With no arguments the run trains the "tiny" preset (xLSTM[3:1], 1.5M parameters) on about 3M characters of the standard library's .py files
-for a few minutes on a CPU, prints held-out perplexities (the model and a unigram baseline) and samples.
+With no arguments the run trains the "tiny" preset (xLSTM[3:1], 1.5M parameters) on about 3M characters of the
+standard library's .py files for a few minutes on a CPU, prints held-out perplexities (the model and a unigram
+baseline) and samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
-import sysconfig
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset
 from transformers import (
-    AutoTokenizer,
     GenerationConfig,
     HfArgumentParser,
-    PreTrainedTokenizerFast,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -45,20 +41,12 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_xlstm import xLSTMConfig
-from .data import load_tokenizer
+from .data import EMBEDDED_CORPUS, load_documents, load_tokenizer, pack_documents, train_bpe_tokenizer
 from .model_card import template_path, write_model_card
 from .modeling_xlstm import xLSTMForCausalLM
 from .presets import PRESETS, preset_config
 
-EMBEDDED_CORPUS = "python-stdlib"
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 DEFAULT_PROMPTS = ("def ", "import os\n", "class Reader:\n    def __init__(self", "    for i in range(")
-# Directories of the standard library that are tests, vendored packages or platform tools rather than library code.
-STDLIB_SKIP = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "ensurepip", "turtledemo",
-               "__pycache__", "venv", "tkinter", "pydoc_data", "unittest", "distutils", "encodings"}
-FILE_BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json",
-                 ".parquet": "parquet", ".csv": "csv"}
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -159,138 +147,7 @@ def parse_args(argv: Sequence[str] | None = None):
     return model_args, data_args, training_args
 
 
-# ---------------------------------------------------------------------------------------------------- data
-def stdlib_corpus(max_chars: int = 3_000_000, max_file_chars: int = 60_000) -> list[dict[str, str]]:
-    """Documents from the .py files of this interpreter's standard library: nothing is downloaded.
-
-    Deterministic: files are ordered by a hash of their path relative to the stdlib root (a mix of all modules,
-    not the alphabetically first ones) and taken until `max_chars` characters. Tests, vendored packages and very
-    large files are left out. Returns [{"text": source, "path": relative path}].
-    """
-    root = Path(sysconfig.get_paths()["stdlib"])
-    candidates = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root)
-        if any(part in STDLIB_SKIP or part.startswith("config-") for part in rel.parts[:-1]):
-            continue
-        if rel.name.startswith("test_"):
-            continue
-        candidates.append((hashlib.sha1(rel.as_posix().encode()).hexdigest(), rel, path))
-    if not candidates:
-        raise RuntimeError(f"No standard-library sources found under {root}; pass --dataset_name or --train_files.")
-    documents, total = [], 0
-    for _, rel, path in sorted(candidates):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        if not text.strip() or len(text) > max_file_chars:
-            continue
-        documents.append({"text": text, "path": rel.as_posix()})
-        total += len(text)
-        if total >= max_chars:
-            break
-    return documents
-
-
-def _builder(files: Sequence[str]) -> str:
-    builders = {FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
-    if None in builders or len(builders) != 1:
-        raise ValueError(f"Data files must all have one of the types {sorted(FILE_BUILDERS)} (one type per run), "
-                         f"got {list(files)}.")
-    return builders.pop()
-
-
-def load_documents(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dict[str, Any]]:
-    """DatasetDict(train=..., validation=...) of documents with a "text" column, and a description of the data."""
-    column = data_args.text_column
-    if data_args.dataset_name:
-        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
-        info = {"hub_id": data_args.dataset_name, "description": f"The Hub dataset `{data_args.dataset_name}`"
-                + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "") + "."}
-    elif data_args.train_files:
-        files = {"train": data_args.train_files}
-        if data_args.validation_files:
-            files["validation"] = data_args.validation_files
-        builder = _builder([f for fs in files.values() for f in fs])
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
-        raw = load_dataset(builder, data_files=files, **kwargs)
-        info = {"description": f"Local {builder} files: {', '.join(Path(f).name for f in data_args.train_files)}."}
-    else:
-        if data_args.validation_files:
-            raise ValueError("--validation_files needs --train_files.")
-        documents = stdlib_corpus(data_args.max_corpus_chars)
-        raw = DatasetDict(train=Dataset.from_list(documents))
-        column = "text"
-        info = {"description": f"Source files (.py) of the Python {sys.version_info.major}.{sys.version_info.minor} "
-                               "standard library that ship with the interpreter (no download); whole files are "
-                               "held out for evaluation."}
-    if "train" not in raw:
-        raise ValueError(f"The data has no 'train' split (splits: {list(raw)}).")
-    if column not in raw["train"].column_names:
-        raise ValueError(f"Text column {column!r} not in the data (columns: {raw['train'].column_names}); "
-                         "set --text_column.")
-    validation_name = next((s for s in ("validation", "valid", "test") if s in raw), None)
-    train = raw["train"]
-    if validation_name is None:
-        if not 0 < data_args.validation_fraction < 1:
-            raise ValueError(f"--validation_fraction must be in (0, 1), got {data_args.validation_fraction}.")
-        if len(train) < 2:
-            raise ValueError("Need at least 2 documents to hold one out; give more data or --validation_files.")
-        split = train.train_test_split(test_size=data_args.validation_fraction, seed=seed)
-        train, validation = split["train"], split["test"]
-    else:
-        validation = raw[validation_name]
-    if data_args.max_documents is not None:
-        train = train.select(range(min(data_args.max_documents, len(train))))
-    keep = lambda ds: ds.select_columns([column]).rename_column(column, "text") if column != "text" else \
-        ds.select_columns(["text"])  # noqa: E731
-    docs = DatasetDict(train=keep(train), validation=keep(validation))
-    info.update({"training documents": len(docs["train"]), "held-out documents": len(docs["validation"]),
-                 "training characters": sum(len(t) for t in docs["train"]["text"])})
-    return docs, info
-
-
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (every byte is representable: no unknown tokens) trained on `texts`, with an
-    end-of-text token (bos = eos) and a pad token, wrapped as a PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if vocab_size < 258 + 2:
-        raise ValueError(f"tokenizer_vocab_size must be at least 260 (256 bytes + specials), got {vocab_size}.")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN], min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
-                                   pad_token=PAD_TOKEN)
-
-
-def pack_documents(documents: Dataset, tokenizer, block_size: int) -> Dataset:
-    """Tokenize, end every document with eos, concatenate and cut into blocks of `block_size` tokens.
-    Columns: input_ids, labels (the same ids). Documents are concatenated in groups of 2000 (as in transformers'
-    run_clm example, so memory stays bounded on large corpora); each group's tail that does not fill a block
-    is dropped."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("The tokenizer has no eos token; packing needs one to separate documents.")
-
-    def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [x + [eos] for x in ids]}
-
-    def group(batch):
-        ids = list(chain.from_iterable(batch["input_ids"]))
-        n = len(ids) // block_size * block_size
-        blocks = [ids[i: i + block_size] for i in range(0, n, block_size)]
-        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
-
-    tokenized = documents.map(tokenize, batched=True, remove_columns=documents.column_names)
-    return tokenized.map(group, batched=True, batch_size=2000)
-
-
+# ---------------------------------------------------------------------------------------------------- baseline
 def unigram_perplexity(train_blocks: Dataset, eval_blocks: Dataset, vocab_size: int) -> float:
     """Perplexity of an add-one-smoothed unigram model (token frequencies of the training blocks) on the tokens
     the language model predicts in `eval_blocks` (every position but the first of each block)."""
@@ -402,7 +259,7 @@ def _tokenizer(model_args, docs, training_args, resume_dir: str | None):
             tokenizer = train_bpe_tokenizer(docs["train"]["text"], model_args.tokenizer_vocab_size)
             tokenizer.save_pretrained(shared)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(shared)
+            tokenizer = load_tokenizer(shared)
     return tokenizer
 
 
@@ -471,15 +328,16 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
         raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
 
     template_path()  # fail now, not after training, if the model card template cannot be found
-    docs, data_info = load_documents(data_args, seed=training_args.seed)
+    docs, data_info = load_documents(
+        dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
+        train_files=data_args.train_files, validation_files=data_args.validation_files,
+        text_column=data_args.text_column, max_corpus_chars=data_args.max_corpus_chars,
+        validation_fraction=data_args.validation_fraction, max_documents=data_args.max_documents,
+        seed=training_args.seed)
     tokenizer = _tokenizer(model_args, docs, training_args, resume)
     with training_args.main_process_first(desc="pack documents"):
-        train_blocks = pack_documents(docs["train"], tokenizer, data_args.block_size)
-        eval_blocks = pack_documents(docs["validation"], tokenizer, data_args.block_size)
-    if len(train_blocks) == 0 or len(eval_blocks) == 0:
-        raise ValueError(f"Not enough text for one block of {data_args.block_size} tokens in the "
-                         f"{'training' if len(train_blocks) == 0 else 'held-out'} split; give more data or a "
-                         "smaller --block_size.")
+        train_blocks = pack_documents(docs["train"], tokenizer, data_args.block_size, "the training split")
+        eval_blocks = pack_documents(docs["validation"], tokenizer, data_args.block_size, "the held-out split")
     if data_args.max_eval_blocks is not None and len(eval_blocks) > data_args.max_eval_blocks:
         eval_blocks = eval_blocks.select(range(data_args.max_eval_blocks))
     baseline = unigram_perplexity(train_blocks, eval_blocks, len(tokenizer))
