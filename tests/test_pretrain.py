@@ -154,7 +154,8 @@ def test_short_run_leaves_a_hub_ready_folder(run):
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
     assert results["stopped_by_time_limit"] is False
     assert results["samples"][0].startswith("def ") and len(results["samples"]) == 1
-    assert results["sampling"] == "sampled with temperature 0.8, top-k 40, seed 0, 8 new tokens per prompt"
+    assert results["sampling"] == ("sampled with temperature 0.8, top-k 40, seed 0 + prompt number, 8 new tokens "
+                                   "per prompt")
     assert json.loads((folder / "results.json").read_text())["perplexity"] == results["perplexity"]
 
 
@@ -250,3 +251,16 @@ def test_continue_from_saved_weights(run, tmp_path):
     before, after = load_file(folder / "model.safetensors"), load_file(out / "model.safetensors")
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert (out / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
+
+
+def test_each_prompt_samples_with_its_own_seed(run):
+    # the same prompt twice: two different continuations (a shared stream, or a cache that lost its state,
+    # gave every sample the same ending)
+    from hf_xlstm.data import load_tokenizer
+    from hf_xlstm.pretraining import sample_generations
+
+    folder, _ = run
+    model = xLSTMForCausalLM.from_pretrained(folder)
+    first, second = sample_generations(model, load_tokenizer(folder), ["def ", "def "], max_new_tokens=12)
+    assert first != second
+    assert sample_generations(model, load_tokenizer(folder), ["def "], max_new_tokens=12) == [first]

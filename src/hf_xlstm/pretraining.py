@@ -285,6 +285,9 @@ class TimeLimit(TrainerCallback):
             self.stopped_at = state.global_step
         return control
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.train_start = None  # evaluation logs after training say nothing about the limit
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         steps = state.global_step - (self.train_start_step or 0)
         if not state.is_world_process_zero or steps <= 0 or self.train_start is None:
@@ -298,12 +301,13 @@ class TimeLimit(TrainerCallback):
 
 
 def sample_generations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0) -> list[str]:
-    """One sampled continuation per prompt (the saved generation config's sampling settings, fixed seed)."""
+    """One sampled continuation per prompt (the saved generation config's sampling settings; prompt i draws with
+    seed + i, so the samples are reproducible and each prompt gets its own random stream)."""
     model.eval()
     device = next(model.parameters()).device
     texts = []
-    for prompt in prompts:
-        torch.manual_seed(seed)
+    for index, prompt in enumerate(prompts):
+        torch.manual_seed(seed + index)
         inputs = tokenizer(prompt, return_tensors="pt").to(device)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens)
@@ -389,7 +393,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
         results["samples"] = samples
         gen = trainer.model.generation_config
         results["sampling"] = (f"sampled with temperature {gen.temperature}, top-k {gen.top_k}, seed "
-                               f"{training_args.seed}, {data_args.sample_new_tokens} new tokens per prompt")
+                               f"{training_args.seed} + prompt number, {data_args.sample_new_tokens} new tokens per "
+                               "prompt")
         training = {
             "preset": model_args.preset if not (model_args.config or model_args.model_name_or_path) else "-",
             "steps": trainer.state.global_step if not results["stopped_by_time_limit"] else
