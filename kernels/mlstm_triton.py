@@ -27,11 +27,9 @@ gate arithmetic are fp32. fp32 inputs use exact ("ieee") fp32 dots. Under TRITON
 every dot runs in fp32, since the interpreter's 16-bit dot is wrong.
 
 Launch parameters are fixed (TUNING, no autotune: one configuration also in the interpreter).
-Measured on an H100 (scripts/bench_kernels.py, B=8, H=16, K=128, V=256, bf16, L=64): T=8192
-forward 6.0 ms, forward+backward 17.3 ms (SDPA causal at the same width: 7.8 / 30.4 ms); decode
-step at batch 1024 (H=8, K=256, V=512) 3.15 ms, 82% of the HBM datasheet bandwidth. Most of the
-fwd+bwd time is the fp32 chunk-state traffic (B*H*(T/L)*K*V*4 bytes written and re-read by
-three kernels) and the sequential state kernels; L=128 and 4 warps were slower.
+Speed: scripts/bench_kernels.py measures it, and benchmarks/results/ holds the numbers with their machine. Most of
+the fwd+bwd time is the fp32 chunk-state traffic (B*H*(T/L)*K*V*4 bytes written and re-read by three kernels) and
+the sequential state kernels.
 """
 
 from __future__ import annotations

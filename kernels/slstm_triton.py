@@ -45,13 +45,9 @@ The backward recomputes the pointwise gate values from those.
 The recurrent product runs on float32 operands: input_precision "ieee" for float32 inputs, "tf32"
 for 16-bit inputs (R from bf16/fp16 is exact in tf32; h_{t-1} is rounded to 10 mantissa bits).
 
-Measured on one H100 (Triton 3.6), B=16, T=1024, H=4, median ms, forward / forward+backward:
-    D=64  whole         bf16 3.9 / 7.5     fp32 3.6 / 23.6
-    D=128 split BN=32   bf16 5.5 / 13.6    fp32 9.1 / 32.9
-    D=192 split BN=16   bf16 9.4 / 21.3    fp32 6.7 / 47.4
-    D=256 split BN=16   bf16 9.4 / 21.6    fp32 6.7 / 47.6
-against the native loop's ~400-490 / ~1270-1600 ms. The float32 backward is the slow part: its
-ieee recurrent product ran about 5x slower than the tf32 one (cause not established).
+Speed: scripts/bench_kernels.py measures it against the native loop; benchmarks/results/ holds the numbers with
+their machine. The float32 backward is the slow part: its ieee recurrent product ran several times slower than the
+tf32 one (cause not established).
 """
 
 from __future__ import annotations

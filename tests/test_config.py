@@ -74,3 +74,9 @@ def test_sizes_follow_the_factors():
 
 def test_slstm_at_none_means_no_slstm_block():
     assert xLSTMConfig(num_blocks=3, slstm_at=None).block_types == ["mlstm"] * 3
+
+
+def test_use_bias_is_for_the_large_block_only():
+    assert xLSTMConfig(block_style="large", use_bias=True).use_bias
+    with pytest.raises(ValueError, match="use_bias=True applies to block_style='large'"):
+        xLSTMConfig(block_style="paper", use_bias=True)

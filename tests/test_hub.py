@@ -110,6 +110,14 @@ def test_model_card_from_evaluation_and_conversion(tmp_path):
                                                   "metric_type": "acc", "metric_value": float("nan")}])
 
 
+def test_model_card_names_the_source_the_config_records(tmp_path):
+    config = xLSTMConfig(vocab_size=64, hidden_size=32, num_blocks=2, num_heads=2, block_style="large",
+                         converted_from="transformers xLSTMForCausalLM: some/xlstm")
+    xLSTMForCausalLM(config).save_pretrained(tmp_path)
+    card = write_model_card(tmp_path, training={"steps": 1})
+    assert "Converted from transformers xLSTMForCausalLM: some/xlstm to the hf_xlstm format." in card.text
+
+
 def test_validation_rejects_broken_metadata(tmp_path):
     good = "---\nlicense: mit\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n# m\n"
     validate_model_card(ModelCard(good))

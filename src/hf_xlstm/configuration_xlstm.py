@@ -221,6 +221,9 @@ class xLSTMConfig(PretrainedConfig):
             raise ValueError(f"xLSTMConfig.use_bias must be a bool, got {self.use_bias!r}.")
         if self.block_style not in BLOCK_STYLES:
             raise ValueError(f"xLSTMConfig.block_style must be one of {BLOCK_STYLES}, got {self.block_style!r}.")
+        if self.use_bias and self.block_style != "large":
+            raise ValueError("xLSTMConfig.use_bias=True applies to block_style='large' (the xLSTM-7B block); the paper "
+                             "blocks have no projection biases. Leave use_bias False for block_style='paper'.")
         if self.backend not in BACKENDS:
             raise ValueError(f"xLSTMConfig.backend must be one of {BACKENDS}, got {self.backend!r}.")
         bad = [i for i in self.slstm_at if not 0 <= i < self.num_blocks]

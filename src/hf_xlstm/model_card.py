@@ -245,6 +245,9 @@ def write_model_card(
                                                        "dataset."}
     elif isinstance(dataset, Mapping) and dataset.get("hub_id"):
         datasets = [dataset["hub_id"]]
+    if source is None and cfg.get("converted_from"):
+        # the config records where converted weights came from: any card written for the folder names it
+        source = {"description": f"Converted from {cfg['converted_from']} to the hf_xlstm format."}
     base_model = None
     if isinstance(source, str):
         base_model, source = source, {"repo_id": source}

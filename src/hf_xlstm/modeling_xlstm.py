@@ -114,21 +114,20 @@ class CausalConv1d(nn.Module):
 
 
 class HeadwiseLinear(nn.Module):
-    """Block-diagonal linear map (the paper's "LinearHeadwiseExpand"): `num_blocks` independent
-    (in/num_blocks -> out/num_blocks) maps. weight: (num_blocks, out_per_block, in_per_block)."""
+    """Block-diagonal linear map (the paper's "LinearHeadwiseExpand", without bias as in the paper blocks):
+    `num_blocks` independent (in/num_blocks -> out/num_blocks) maps.
+    weight: (num_blocks, out_per_block, in_per_block)."""
 
-    def __init__(self, features: int, num_blocks: int, bias: bool = False):
+    def __init__(self, features: int, num_blocks: int):
         super().__init__()
         self.num_blocks = num_blocks
         per = features // num_blocks
         self.weight = nn.Parameter(torch.empty(num_blocks, per, per))
-        self.bias = nn.Parameter(torch.zeros(features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.num_blocks, shape[-1] // self.num_blocks).transpose(0, 1)  # (blocks, N, in)
-        y = torch.bmm(x, self.weight.transpose(1, 2)).transpose(0, 1).reshape(shape)
-        return y if self.bias is None else y + self.bias
+        return torch.bmm(x, self.weight.transpose(1, 2)).transpose(0, 1).reshape(shape)
 
 
 class GateProjection(nn.Linear):
@@ -189,7 +188,7 @@ class mLSTMPaperLayer(nn.Module):
     """The paper's mLSTM layer ("pre up-projection"): up-projection, causal conv, block-diagonal q/k/v,
     gates from [q, k, v], mLSTM, per-head norm, learnable skip, SiLU(z) output gate, down-projection."""
 
-    def __init__(self, config: xLSTMConfig, block_idx: int):
+    def __init__(self, config: xLSTMConfig):
         super().__init__()
         self.config = config
         D, Di, H = config.hidden_size, config.mlstm_inner_size, config.num_heads
@@ -222,7 +221,7 @@ class mLSTMLargeLayer(nn.Module):
     """The xLSTM-7B mLSTM layer: plain q/k/v projections, soft-capped gates from the normed input, per-head
     norm, sigmoid output gate, out-projection. No conv, no skip."""
 
-    def __init__(self, config: xLSTMConfig, block_idx: int):
+    def __init__(self, config: xLSTMConfig):
         super().__init__()
         self.config = config
         D, H, bias = config.hidden_size, config.num_heads, config.use_bias
@@ -301,7 +300,7 @@ class mLSTMBlock(_Block):
         super().__init__()
         self.block_idx = block_idx
         self.norm = LayerNorm(config.hidden_size, eps=config.norm_eps)
-        self.mixer = mLSTMPaperLayer(config, block_idx)
+        self.mixer = mLSTMPaperLayer(config)
         self.ffn = None  # the paper mLSTM block has no feed-forward: its up-projection plays that part
 
 
@@ -324,7 +323,7 @@ class xLSTMLargeBlock(_Block):
         super().__init__()
         self.block_idx = block_idx
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, bias=config.use_bias)
-        self.mixer = mLSTMLargeLayer(config, block_idx)
+        self.mixer = mLSTMLargeLayer(config)
         self.ffn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, bias=config.use_bias)
         self.ffn = GatedFeedForward(config.hidden_size, config.ffn_size, "silu", bias=config.use_bias)
 
@@ -406,8 +405,6 @@ class xLSTMPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, HeadwiseLinear):
             init.normal_(module.weight, std=math.sqrt(2 / (5 * module.weight.shape[-1])))
-            if module.bias is not None:
-                init.zeros_(module.bias)
         elif isinstance(module, CausalConv1d):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             init.zeros_(module.bias)
