@@ -3,6 +3,7 @@ logit and step-by-step decoding parity against the package itself (tiny random m
 with backend="vanilla" on CPU)."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -216,3 +217,142 @@ def test_mismatched_official_folder_raises_naming_the_key(tmp_path):
     no_conv["slstm_block"]["slstm"]["conv1d_kernel_size"] = 0
     with pytest.raises(ConversionError, match="conv1d_kernel_size"):
         config_from_official(no_conv)
+
+
+def _write_weights(folder, state, layout):
+    """The state dict in one of the weight-file layouts the converter reads."""
+    if layout == "model.safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    elif layout == "model_<n> shards":
+        keys = list(state)
+        for n in range(3):
+            save_file({k: state[k].contiguous() for k in keys[n::3]}, str(folder / f"model_{n}.safetensors"))
+    elif layout == "torch file":
+        torch.save(dict(state), folder / "checkpoint.pth")
+    else:  # a torch training checkpoint: the state dict under "state_dict"
+        torch.save({"state_dict": dict(state), "step": 10}, folder / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("config_file, nested, layout", [
+    ("config.json", False, "torch file"),
+    ("config.json", True, "torch file under 'state_dict'"),
+    ("config.yaml", False, "model_<n> shards"),
+    ("config.json", True, "model.safetensors"),
+])
+def test_official_folders_in_every_layout_convert(tmp_path, config_file, nested, layout):
+    """config.yaml or config.json, the dataclass as a dict, flat or under "model"; safetensors (single or model_<n>
+    shards) or a torch file (plain or under "state_dict")."""
+    config = paper_config()
+    reference = perturb(xLSTMLMModel(config), seed=5)
+    src = tmp_path / "official"
+    src.mkdir()
+    as_dict = {"model": dataclasses.asdict(config)} if nested else dataclasses.asdict(config)
+    dump = yaml.safe_dump if config_file == "config.yaml" else json.dumps
+    (src / config_file).write_text(dump(as_dict))
+    _write_weights(src, reference.state_dict(), layout)
+
+    convert_official_checkpoint(src, tmp_path / "hf")
+    model = xLSTMForCausalLM.from_pretrained(tmp_path / "hf", backend="native", chunk_size=16).eval()
+    assert model.config.block_types == ["mlstm", "slstm", "mlstm"]
+    ids = torch.randint(0, VOCAB, (2, 21))
+    with torch.no_grad():
+        assert_close_rel(model(ids).logits, reference(ids))
+
+
+def test_the_dataclass_itself_converts_like_its_dict():
+    paper = paper_config()
+    large = large_config("fused")
+    for official, model in ((paper, perturb(xLSTMLMModel(paper), seed=6)), (large, perturb(xLSTMLarge(large), seed=6))):
+        as_dict = dataclasses.asdict(official)
+        assert config_from_official(official).to_dict() == config_from_official(as_dict).to_dict()
+        from_dataclass = state_dict_from_official(model.state_dict(), official)
+        from_dict = state_dict_from_official(model.state_dict(), as_dict)
+        assert from_dataclass.keys() == from_dict.keys()
+        assert all(torch.equal(from_dataclass[k], from_dict[k]) for k in from_dict)
+
+
+def test_tied_embeddings_without_a_stored_head(tmp_path):
+    """safetensors stores a tied head once; the converted model is tied and computes the same logits. An untied
+    config without the head is refused, naming it."""
+    config = paper_config(tie_weights=True)
+    reference = perturb(xLSTMLMModel(config), seed=7)
+    src = tmp_path / "official"
+    src.mkdir()
+    (src / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    state = {k: v for k, v in reference.state_dict().items() if k != "lm_head.weight"}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(src / "model.safetensors"))
+
+    convert_official_checkpoint(src, tmp_path / "hf")
+    model = xLSTMForCausalLM.from_pretrained(tmp_path / "hf", backend="native", chunk_size=16).eval()
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.backbone.embeddings.weight
+    ids = torch.randint(0, VOCAB, (2, 19))
+    with torch.no_grad():
+        assert_close_rel(model(ids).logits, reference(ids))
+    with pytest.raises(ConversionError, match="no key 'lm_head.weight'"):
+        state_dict_from_official(state, dataclasses.asdict(paper_config()))
+
+
+def test_an_slstm_only_model_converts():
+    """No mlstm_block: every block is an sLSTM block (the package sets slstm_at="all")."""
+    config = paper_config(mlstm_block=None, num_blocks=2, slstm_at="all")
+    reference = perturb(xLSTMLMModel(config), seed=8)
+    as_dict = dataclasses.asdict(config)
+    as_dict["slstm_at"] = "all"
+    hf_config = config_from_official(as_dict, backend="native")
+    assert hf_config.slstm_at == [0, 1] and hf_config.conv_kernel_size == 2
+    model = xLSTMForCausalLM(hf_config).eval()
+    model.load_state_dict(state_dict_from_official(reference.state_dict(), as_dict, hf_config))
+    ids = torch.randint(0, VOCAB, (2, 17))
+    with torch.no_grad():
+        assert_close_rel(model(ids).logits, reference(ids))
+
+
+def test_xlstm_large_weight_mode_is_read_off_the_keys():
+    config = large_config("fused")
+    reference = perturb(xLSTMLarge(config), seed=9)
+    as_dict = dataclasses.asdict(config)
+    wanted = state_dict_from_official(reference.state_dict(), as_dict)
+    got = state_dict_from_official(reference.state_dict(), {**as_dict, "weight_mode": "single"})
+    assert got.keys() == wanted.keys() and all(torch.equal(got[k], wanted[k]) for k in wanted)
+
+
+def _edited(config, *path_and_value):
+    """dataclasses.asdict(config) with config[path...] = value."""
+    c = dataclasses.asdict(config)
+    *path, last, value = path_and_value
+    part = c
+    for key in path:
+        part = part[key]
+    part[last] = value
+    return c
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (("bias", True), "'bias' is True"),
+    (("slstm_block", "slstm", "num_heads", 4), "different num_heads"),
+    (("add_post_blocks_norm", False), "'add_post_blocks_norm' is False"),
+    (("slstm_block", "slstm", "function", "lstm"), "only 'slstm' cells convert"),
+    (("slstm_block", "feedforward", "act_fn", "relu"), "gated GeLU MLP only"),
+    (("slstm_block", "feedforward", "bias", True), "feedforward.bias is True"),
+    (("slstm_block", None), "has no 'slstm_block'"),
+    (("vocab_size", -1), "lacks 'vocab_size'"),
+])
+def test_paper_configs_hf_xlstm_cannot_represent_are_refused(edit, needle):
+    with pytest.raises(ConversionError, match=needle):
+        config_from_official(_edited(paper_config(), *edit))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (("add_out_norm", False), "'add_out_norm' is False"),
+    (("use_bias", True), "'use_bias' is True"),
+])
+def test_large_configs_hf_xlstm_cannot_represent_are_refused(edit, needle):
+    with pytest.raises(ConversionError, match=needle):
+        config_from_official(_edited(large_config("single"), *edit))
+
+
+def test_unreadable_official_configs_are_refused():
+    with pytest.raises(ConversionError, match="lacks the required field 'vocab_size'"):
+        config_from_official({"embedding_dim": 64, "num_heads": 2, "num_blocks": 1, "weight_mode": "single"})
+    with pytest.raises(ConversionError, match="cannot tell the official config's model"):
+        config_from_official({"model": {"embedding_dim": 64}})

@@ -200,14 +200,21 @@ def test_convert_checkpoint_script_both_ways(tmp_path):
         script.main(["--from", "xlstm", str(tmp_path / "src"), str(tmp_path / "bad")])
 
 
-def test_a_tied_hf_model_runs_in_transformers_after_conversion(tmp_path):
-    torch.manual_seed(11)
+def tied_hf_model(seed: int) -> xLSTMForCausalLM:
+    """A tiny block_style="large" hf_xlstm model with tied embeddings and random weights."""
+    torch.manual_seed(seed)
     config = xLSTMConfig(block_style="large", vocab_size=VOCAB, hidden_size=128, num_blocks=1, num_heads=2,
                          chunk_size=16, backend="native", tie_word_embeddings=True, output_logit_soft_cap=30.0)
     model = xLSTMForCausalLM(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_a_tied_hf_model_runs_in_transformers_after_conversion(tmp_path):
+    model = tied_hf_model(seed=11)
+    config = model.config
     save_as_transformers(model, tmp_path)
     reference = TransformersModel.from_pretrained(tmp_path).eval()  # it never ties: the head is stored
     ids = torch.randint(0, VOCAB, (2, 23))
@@ -224,3 +231,81 @@ def test_paper_models_cannot_go_to_transformers_format(tmp_path):
     model = xLSTMForCausalLM(xLSTMConfig(vocab_size=VOCAB, hidden_size=32, num_blocks=2, num_heads=2, slstm_at=[1]))
     with pytest.raises(ConversionError, match="block_style='paper'"):
         save_as_transformers(model, tmp_path)
+
+
+def test_a_tied_hf_model_comes_back_from_transformers_format(tmp_path):
+    """Out, transformers stores the head as its own tensor; back in, the converted model is untied with the same
+    head, or tied again when asked (tie_word_embeddings=True), and computes the same logits either way."""
+    model = tied_hf_model(seed=13)
+    save_as_transformers(model, tmp_path / "tf", weight_mode="fused")
+    ids = torch.randint(0, VOCAB, (2, 19))
+    with torch.no_grad():
+        expected = model(ids).logits
+
+    convert_transformers_checkpoint(tmp_path / "tf", tmp_path / "hf")
+    untied = xLSTMForCausalLM.from_pretrained(tmp_path / "hf", backend="native").eval()
+    assert not untied.config.tie_word_embeddings
+    assert torch.equal(untied.lm_head.weight, untied.backbone.embeddings.weight)
+    tied = xLSTMForCausalLM.from_pretrained(tmp_path / "tf", backend="native", tie_word_embeddings=True).eval()
+    assert tied.config.tie_word_embeddings and tied.lm_head.weight is tied.backbone.embeddings.weight
+    with torch.no_grad():
+        assert torch.equal(untied(ids).logits, expected)
+        assert torch.equal(tied(ids).logits, expected)
+
+
+def test_weights_are_cast_while_read(tmp_path):
+    reference = transformers_model("single", seed=15)
+    reference.save_pretrained(tmp_path / "tf")
+    wanted = state_dict_from_transformers(reference.state_dict(), reference.config)
+
+    model = xLSTMForCausalLM.from_pretrained(tmp_path / "tf", backend="native", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, wanted[key].to(torch.bfloat16)), key
+
+    convert_transformers_checkpoint(tmp_path / "tf", tmp_path / "hf", dtype=torch.bfloat16)
+    written = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert written.keys() == wanted.keys()
+    for key, tensor in written.items():
+        assert torch.equal(tensor, wanted[key].to(torch.bfloat16)), key
+
+
+def test_the_weight_mode_is_read_off_the_keys():
+    """A config that names the other weight mode does not matter: the keys decide; a mix of both is refused."""
+    for mode, other in (("single", "fused"), ("fused", "single")):
+        reference = transformers_model(mode, seed=17)
+        state = reference.state_dict()
+        wanted = state_dict_from_transformers(state, reference.config)
+        claimed = {**reference.config.to_dict(), "weight_mode": other}
+        got = state_dict_from_transformers(state, claimed, config_from_transformers(reference.config))
+        assert got.keys() == wanted.keys() and all(torch.equal(got[k], wanted[k]) for k in wanted)
+    mixed = {**transformers_model("single").state_dict(), **transformers_model("fused").state_dict()}
+    with pytest.raises(ConversionError, match="mixes fused"):
+        state_dict_from_transformers(mixed, transformers_model("single").config)
+
+
+def test_configs_and_folders_that_are_not_transformers_xlstm_raise(tmp_path):
+    with pytest.raises(ConversionError, match="model_type 'llama'"):
+        config_from_transformers({"model_type": "llama"})
+    with pytest.raises(ConversionError, match="'embedding_dim' \\(64\\) differs from 'hidden_size' \\(128\\)"):
+        config_from_transformers({"model_type": "xlstm", "hidden_size": 128, "embedding_dim": 64})
+
+    reference = transformers_model("single", seed=19)
+    reference.save_pretrained(tmp_path / "tf")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ConversionError, match="expected transformers' built-in 'xlstm'"):
+        convert_transformers_checkpoint(other, tmp_path / "out-other")
+    with pytest.raises(ConversionError, match="instead of config="):
+        xLSTMForCausalLM.from_pretrained(tmp_path / "tf", config=config_from_transformers(reference.config))
+
+    sharded = tmp_path / "sharded"
+    reference.save_pretrained(sharded, max_shard_size="100KB")
+    next(sharded.glob("model-*.safetensors")).unlink()
+    with pytest.raises(ConversionError, match="names shards that are not in"):
+        convert_transformers_checkpoint(sharded, tmp_path / "out-sharded")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text((tmp_path / "tf" / "config.json").read_text())
+    with pytest.raises(ConversionError, match="no weights in"):
+        convert_transformers_checkpoint(tmp_path / "empty", tmp_path / "out-empty")
