@@ -128,7 +128,7 @@ def test_chunked_prefill_and_continuing_from_embeddings(style):
                           **{CACHE_NAME: cache_of(first)})
     assert torch.equal(torch.cat([first.sequences, rest], 1), at_once[:, 11:])
     with pytest.raises(ValueError, match="cache_implementation"):
-        model.generate(ids, cache_implementation="static", **kwargs)
+        model.generate(ids, cache_implementation="offloaded", **kwargs)
 
 
 def test_shift_labels_are_used_instead_of_labels(style):

@@ -8,79 +8,135 @@ constant in the number of tokens seen. Per block (one `xLSTMCacheLayer` each):
 - sLSTM block: recurrent states (c, n, m, h), each (B,H,D), and the conv window (B, kernel-1, D).
 
 Recurrent states are always float32, also in a bf16 model: rounding them to bf16 at every step makes long
-generations drift. States are stored detached (assigned, never written in place), so a forward that reads a
-cached state can still be backpropagated through and a training forward never feeds gradients into a cache.
+generations drift.
+
+Static buffers: the first write of a layer allocates its tensors; later writes under `torch.no_grad()` (generation)
+copy into them in place, so their addresses never change and a compiled decode step (torch.compile, CUDA graphs)
+reads and writes the same memory every token. Beam-search reordering is in place too. A write while gradients are
+recorded stores a new detached tensor instead: a forward that read the old state can still be backpropagated
+through, and a training forward never feeds gradients into a cache.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, LinearAttentionLayer
+from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 
 
-class xLSTMCacheLayer(LinearAttentionLayer):
-    """State of one xLSTM block: a tuple of float32 recurrent tensors and an optional conv window."""
+def _stored(current: torch.Tensor | None, new: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`new` kept in the cache: copied into `current` in place when it fits (no gradients recorded), else a new
+    detached, contiguous tensor whose address stays fixed from then on."""
+    new = new.detach() if dtype is None else new.detach().to(dtype)
+    if (current is not None and not torch.is_grad_enabled() and current.shape == new.shape
+            and current.dtype == new.dtype and current.device == new.device):
+        return current.copy_(new)
+    buffer = new.clone(memory_format=torch.contiguous_format)
+    if not torch.compiler.is_compiling():
+        torch._dynamo.mark_static_address(buffer)
+    return buffer
 
-    # We assign new tensors instead of copying into static buffers (see the module docstring), so the
-    # static-address / compiled-cache path of transformers does not apply.
-    is_compileable = False
 
-    def __init__(self, block_type: str):
-        num_states = 3 if block_type == "mlstm" else 4
-        super().__init__(number_of_states=num_states)
+class xLSTMCacheLayer(LinearAttentionCacheLayerMixin):
+    """State of one xLSTM block: a tuple of float32 recurrent tensors and, in the paper blocks, a conv window.
+
+    A linear-attention layer in transformers' sense (fixed size, never cropped); it keeps its own tensors (the mix-in's
+    per-slot conv/recurrent dictionaries are not used) and implements every method of the mix-in for them.
+    """
+
+    supports_early_init = False
+    record_past = False  # a recurrent state cannot be rolled back to an earlier token
+
+    def __init__(self, block_type: str):  # noqa: D107 - no call to the mix-in's __init__: its slots are not used
         self.block_type = block_type
+        self.number_of_states = 3 if block_type == "mlstm" else 4
+        self.states: tuple[torch.Tensor, ...] | None = None
+        self.conv_window: torch.Tensor | None = None
         self.seen_tokens = 0
+        self.device = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.block_type}, seen_tokens={self.seen_tokens})"
 
     # -- recurrent state ---------------------------------------------------------------------------------------
     def get_state(self) -> tuple[torch.Tensor, ...] | None:
-        if not self.has_previous_state[0]:
-            return None
-        return tuple(self.recurrent_states[i] for i in range(self.number_of_states))
+        return self.states
 
     def set_state(self, state: tuple[torch.Tensor, ...]) -> None:
         if len(state) != self.number_of_states:
             raise ValueError(f"A {self.block_type} cache layer holds {self.number_of_states} state tensors, got {len(state)}.")
-        for idx, tensor in enumerate(state):
-            self.recurrent_states[idx] = tensor.detach().float()
-            self.is_recurrent_states_initialized[idx] = True
-            self.has_previous_state[idx] = True
-        self.device = state[0].device
+        current = self.states or (None,) * self.number_of_states
+        self.states = tuple(_stored(old, new, torch.float32) for old, new in zip(current, state))
+        self.device = self.states[0].device
 
     # -- conv window ---------------------------------------------------------------------------------------------
     def get_conv_window(self) -> torch.Tensor | None:
-        return self.conv_states[0] if self.is_conv_states_initialized[0] else None
+        return self.conv_window
 
     def set_conv_window(self, window: torch.Tensor) -> None:
-        self.conv_states[0] = window.detach()
-        self.is_conv_states_initialized[0] = True
+        self.conv_window = _stored(self.conv_window, window)
         self.device = window.device
 
-    # -- batch bookkeeping used by generate() ---------------------------------------------------------------------
-    @property
-    def batch_size(self) -> int:
-        if self.is_recurrent_states_initialized[0]:
-            return self.recurrent_states[0].shape[0]
-        return -1
+    def _tensors(self) -> list[torch.Tensor]:
+        return [*(self.states or ()), *([self.conv_window] if self.conv_window is not None else [])]
 
-    def _map_tensors(self, fn) -> None:
-        for i in range(self.number_of_states):
-            if self.is_conv_states_initialized[i]:
-                self.conv_states[i] = fn(self.conv_states[i])
-            if self.is_recurrent_states_initialized[i]:
-                self.recurrent_states[i] = fn(self.recurrent_states[i])
+    def _map(self, fn) -> None:
+        """Replace every tensor by fn(tensor) (new tensors: shapes or devices change)."""
+        if self.states is not None:
+            self.states = tuple(_stored(None, fn(t)) for t in self.states)
+        if self.conv_window is not None:
+            self.conv_window = _stored(None, fn(self.conv_window))
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map_tensors(lambda t: t.index_select(0, beam_idx.to(t.device)))
+    # -- the mix-in's API ------------------------------------------------------------------------------------------
+    def lazy_initialization(self, *args, **kwargs) -> None:
+        raise NotImplementedError("xLSTM cache layers allocate on their first set_state / set_conv_window.")
 
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map_tensors(lambda t: t.repeat_interleave(repeats, dim=0))
+    def update_conv_state(self, *args, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("xLSTM cache layers are written with set_conv_window (the model does it).")
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map_tensors(lambda t: t[indices])
+    def update_recurrent_state(self, *args, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("xLSTM cache layers are written with set_state (the model does it).")
+
+    def offload(self) -> None:
+        self._map(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self) -> None:
+        if self.device is not None:
+            self._map(lambda t: t.to(self.device, non_blocking=True))
 
     def reset(self) -> None:
-        super().reset()
+        """Back to the state of an empty sequence, in place (the zero state is what a fresh sequence starts from)."""
+        for tensor in self._tensors():
+            tensor.zero_()
         self.seen_tokens = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row b takes the state of row beam_idx[b], in place."""
+        for tensor in self._tensors():
+            tensor.copy_(tensor.index_select(0, beam_idx.to(tensor.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices])
+
+    @property
+    def batch_size(self) -> int:
+        return self.states[0].shape[0] if self.states is not None else -1
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+    def activate_past_recording(self) -> None:
+        raise NotImplementedError(
+            "This generation mode needs a cache that can be rolled back to an earlier token (e.g. assisted "
+            "decoding); an xLSTM cache holds a recurrent state, which cannot be."
+        )
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError(
@@ -88,22 +144,12 @@ class xLSTMCacheLayer(LinearAttentionLayer):
             "Run the model again from a shorter prefix instead."
         )
 
-    @property
-    def is_croppable(self) -> bool:
-        return False
-
     def get_seq_length(self) -> int:
         return self.seen_tokens
 
     def memory_bytes(self) -> int:
         """Bytes held by this layer's tensors (constant in the number of tokens)."""
-        total = 0
-        for i in range(self.number_of_states):
-            for initialized, store in ((self.is_conv_states_initialized, self.conv_states),
-                                       (self.is_recurrent_states_initialized, self.recurrent_states)):
-                if initialized[i]:
-                    total += store[i].numel() * store[i].element_size()
-        return total
+        return sum(t.numel() * t.element_size() for t in self._tensors())
 
 
 class xLSTMCache(Cache):
@@ -115,8 +161,7 @@ class xLSTMCache(Cache):
     """
 
     def __init__(self, config):
-        block_types = config.block_types
-        super().__init__(layers=[xLSTMCacheLayer(block_type) for block_type in block_types])
+        super().__init__(layers=[xLSTMCacheLayer(block_type) for block_type in config.block_types])
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens consumed so far (all layers see the same tokens)."""
@@ -131,10 +176,6 @@ class xLSTMCache(Cache):
         """Record that the model consumed `num_tokens` more tokens (called once per forward)."""
         for layer in self.layers:
             layer.seen_tokens += num_tokens
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
 
     def memory_bytes(self) -> int:
         return sum(layer.memory_bytes() for layer in self.layers)

@@ -483,8 +483,11 @@ class xLSTMModel(xLSTMPreTrainedModel):
         if input_ids is not None:
             if input_ids.ndim != 2:
                 raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}.")
-            # one device sync per forward for the check (a bad id would otherwise be a CUDA assert later)
-            if ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any():
+            # A bad id would otherwise be a CUDA device assert far from the cause. The check costs a device sync,
+            # so it runs on prompts and training batches, not on the one-token steps of a continued cache (ids that
+            # generate() samples are in range by construction; a decode step stays free of host syncs).
+            one_token_step = input_ids.shape[1] == 1 and cache is not None and cache.get_seq_length() > 0
+            if not one_token_step and ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any():
                 raise ValueError(
                     f"input_ids hold token ids outside [0, vocab_size={self.config.vocab_size}): min "
                     f"{int(input_ids.min())}, max {int(input_ids.max())}. Check that the tokenizer matches the model."
@@ -568,14 +571,25 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """generate() starts from an empty xLSTMCache made here, so the cache exists before the first forward
-        (chunked prefill needs it); a cache the caller passes is used as it is."""
+        (chunked prefill needs it); a cache the caller passes is used as it is. The xLSTMCache is static already
+        (fixed-size buffers updated in place), so cache_implementation="static" (transformers' recipe for a
+        compiled decode step) asks for what it is; other implementations do not apply to a recurrent state."""
         if model_kwargs.get(CACHE_NAME) is None and generation_config.use_cache:
-            if generation_config.cache_implementation is not None:
+            if generation_config.cache_implementation not in (None, "static"):
                 raise ValueError(f"cache_implementation={generation_config.cache_implementation!r}: an xLSTM keeps a "
-                                 "fixed-size recurrent state in its own xLSTMCache; leave cache_implementation unset.")
+                                 "fixed-size recurrent state in its own xLSTMCache, which is static already; leave "
+                                 "cache_implementation unset or 'static'.")
             model_kwargs[CACHE_NAME] = xLSTMCache(self.config)
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
+        """transformers compiles the decode step of a compileable cache on its own on GPUs. For hf_xlstm that is opt-in
+        (pass `compile_config=CompileConfig(...)` to generate) until the compiled step with the Triton kernels has
+        been checked on a GPU; on the CPU, `model.forward = torch.compile(model.forward)` is the recipe (tested)."""
+        if generation_config.compile_config is None:
+            return False
+        return super()._valid_auto_compile_criteria(model_kwargs, generation_config)
 
     def _prefill(self, input_ids, generation_config, model_kwargs, is_first_iteration=True):
         """generate()'s first forward, fed only the tokens the cache has not consumed yet.
