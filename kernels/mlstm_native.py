@@ -18,6 +18,16 @@ Math runs in float32 whatever the input dtype; h comes back in q's dtype.
 Masking: a step with i = -inf and f = +inf leaves (C, n, m) unchanged (lsig(+inf) = 0 and
 exp(-inf) = 0), which is how the model pads; m never becomes -inf because the carried stabilizer
 (0 for a zero state) always takes part in the max.
+
+Document boundaries (packed sequences): resets (B, T) bool, True at the first step of a new
+document. Just before such a step the state is the zero state (C = 0, n = 0, m = 0), exactly the
+state a sequence starts from without initial_state, so a document gives the outputs it gives
+alone, and nothing (values or gradients) crosses the boundary; a reset at t = 0 discards the
+initial state of that row. m restarts at 0, it is not driven to -inf: m_t = max(lsig(f_t), i_t)
+at the reset step. A reset on a masked step resets the state, which the masked steps then carry
+to the document's first real step. In the parallel and chunkwise forms a document is a segment:
+the decay matrix is cut across segments, only the steps before a chunk's first reset see the
+state carried into the chunk, and a chunk's end state accumulates only its last segment.
 """
 
 from __future__ import annotations
@@ -39,6 +49,23 @@ def _initial_state(state: MLSTMState | None, B: int, H: int, K: int, V: int, dev
         )
     C, n, m = state
     return C.float(), n.float(), m.float()
+
+
+def _cut_documents(log_D: torch.Tensor, log_f: torch.Tensor, resets: torch.Tensor):
+    """The parallel-form weights of blocks of L steps, cut at document starts.
+
+    log_D (B, H, ..., L, L), log_f (B, H, ..., L), resets (B, ..., L) bool. Returns log_D with -inf
+    between steps of different documents, the decay from each step's document start to the step
+    (both included; from the block start before the block's first reset) and `first` (B, 1, ..., L):
+    the steps before the block's first reset, the only ones the state carried into the block reaches.
+    """
+    doc = resets.cumsum(-1).unsqueeze(1)  # (B, 1, ..., L): documents started in the block so far
+    same = doc[..., :, None] == doc[..., None, :]
+    L = log_f.shape[-1]
+    causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=log_f.device))
+    # A direct sum per document rather than a difference of cumulative sums (see _segsum).
+    F_doc = torch.where(same & causal, log_f.unsqueeze(-2), 0.0).sum(-1)
+    return log_D.masked_fill(~same, float("-inf")), F_doc, doc == 0
 
 
 def _segsum(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +94,8 @@ def mlstm_step_native(
 ) -> tuple[torch.Tensor, MLSTMState]:
     """One stabilized recurrent step. q, k: (B, H, K); v: (B, H, V); i, f: (B, H).
 
-    Returns h (B, H, V) in q's dtype and the new float32 state (C, n, m).
+    Returns h (B, H, V) in q's dtype and the new float32 state (C, n, m). One token has no document
+    boundary inside it: a token that starts a new document is a step from state=None.
     """
     out_dtype = q.dtype
     B, H, K = q.shape
@@ -103,12 +131,18 @@ def mlstm_recurrent(
     initial_state: MLSTMState | None = None,
     return_final_state: bool = False,
     eps: float = 1e-6,
+    resets: torch.Tensor | None = None,
 ):
     """Step-by-step loop over T with `mlstm_step_native`. Shapes as in the module docstring."""
     B, H, T, K = q.shape
     state = _initial_state(initial_state, B, H, K, v.shape[-1], q.device)
     hs = []
     for t in range(T):
+        if resets is not None:
+            new_doc = resets[:, t, None]  # (B, 1)
+            C, n, m = state
+            state = (C.masked_fill(new_doc[..., None, None], 0.0), n.masked_fill(new_doc[..., None], 0.0),
+                     m.masked_fill(new_doc, 0.0))
         h_t, state = mlstm_step_native(
             q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state, eps
         )
@@ -126,12 +160,15 @@ def mlstm_parallel(
     initial_state: MLSTMState | None = None,
     return_final_state: bool = False,
     eps: float = 1e-6,
+    resets: torch.Tensor | None = None,
 ):
     """The T x T parallel form (the readable spec; O(T^2) memory).
 
     With F_t = sum_{r<=t} lsig(f_r), step s reaches step t with log weight
     logD_ts = F_t - F_s + i_s (s <= t) and the carried state with log weight F_t + m_0.
-    m_t is the max over all of them, so it equals the recurrent stabilizer.
+    m_t is the max over all of them, so it equals the recurrent stabilizer. With resets, s reaches t
+    only within t's document, and a step after the first reset sees, instead of the initial state,
+    the zero state of its document's start (log weight: the decay since that start, + m = 0).
     """
     out_dtype = q.dtype
     B, H, T, K = q.shape
@@ -141,11 +178,17 @@ def mlstm_parallel(
 
     log_f = F.logsigmoid(f)  # (B, H, T)
     log_D = _segsum(log_f) + i[..., None, :]  # (B, H, T, T)
-    log_init = torch.cumsum(log_f, dim=-1) + m0[..., None]  # (B, H, T)
+    if resets is None:
+        log_init = torch.cumsum(log_f, dim=-1) + m0[..., None]  # (B, H, T)
+    else:
+        log_D, F_doc, first = _cut_documents(log_D, log_f, resets)
+        log_init = F_doc + torch.where(first, m0[..., None], 0.0)
     m = torch.maximum(log_D.amax(dim=-1), log_init)  # (B, H, T)
 
     S = (q @ k.transpose(-1, -2)) * torch.exp(log_D - m[..., None])
     w_init = torch.exp(log_init - m)
+    if resets is not None:
+        w_init = w_init.masked_fill(~first, 0.0)  # the zero state: a weight in the max, no content
     num = S @ v + w_init[..., None] * (q @ C0)
     qn = S.sum(dim=-1) + w_init * torch.einsum("bhtk,bhk->bht", q, n0)
     h = num / (torch.maximum(qn.abs(), torch.exp(-m)) + eps)[..., None]
@@ -159,6 +202,8 @@ def mlstm_parallel(
     m_T = torch.maximum(log_w.amax(dim=-1), log_w_init)
     w = torch.exp(log_w - m_T[..., None])
     w0 = torch.exp(log_w_init - m_T)
+    if resets is not None:
+        w0 = w0.masked_fill(~first[..., -1], 0.0)
     C_T = w0[..., None, None] * C0 + torch.einsum("bhtk,bhtv->bhkv", k * w[..., None], v)
     n_T = w0[..., None] * n0 + torch.einsum("bhtk,bht->bhk", k, w)
     return h, (C_T, n_T, m_T)
@@ -174,13 +219,16 @@ def mlstm_chunkwise(
     return_final_state: bool = False,
     chunk_size: int = 64,
     eps: float = 1e-6,
+    resets: torch.Tensor | None = None,
 ):
     """Chunkwise form: linear in T, memory O(B*H*T*L) for the intra-chunk part.
 
     The (C, n, m) recurrence runs across chunks (a Python loop over T/L chunks); inside every chunk
     the output combines the carried state and the intra-chunk parallel part under one shared
     stabilizer m_t and one denominator, all chunks at once. A last partial chunk is padded with
-    masked steps (lsig(f) = 0, i = -inf), which leave the state exactly unchanged.
+    masked steps (lsig(f) = 0, i = -inf), which leave the state exactly unchanged. With resets every
+    document is a segment of its chunks (see the module docstring); the chunk's decay g and end-state
+    weights a then belong to its last segment, and a chunk with a reset starts its end state from zero.
     """
     out_dtype = q.dtype
     B, H, T, K = q.shape
@@ -199,6 +247,8 @@ def mlstm_chunkwise(
         v = F.pad(v, (0, 0, 0, pad))
         i = F.pad(i, (0, pad), value=float("-inf"))
         log_f = F.pad(log_f, (0, pad), value=0.0)
+        if resets is not None:
+            resets = F.pad(resets, (0, pad), value=False)
 
     q = q.view(B, H, NC, L, K)
     k = k.view(B, H, NC, L, K)
@@ -208,8 +258,13 @@ def mlstm_chunkwise(
 
     seg = _segsum(log_f)  # (B, H, NC, L, L)
     log_D = seg + i[..., None, :]  # intra-chunk weights, -inf above the diagonal
-    F_in = torch.cumsum(log_f, dim=-1)  # decay from the chunk start to t (inclusive)
-    g = F_in[..., -1]  # (B, H, NC): decay over the whole chunk
+    if resets is None:
+        F_in = torch.cumsum(log_f, dim=-1)  # decay from the chunk start to t (inclusive)
+    else:
+        # F_in: from the start of t's segment instead; first: the steps the carried state reaches
+        log_D, F_in, first = _cut_documents(log_D, log_f, resets.view(B, NC, L))
+        cut = ~first[..., -1]  # (B, 1, NC): the chunk has a reset
+    g = F_in[..., -1]  # (B, H, NC): decay over the whole chunk (its last segment)
     a = log_D[..., -1, :]  # (B, H, NC, L): weight of step t in the chunk's end state
 
     # Inter-chunk recurrence; C_in[c] is the state entering chunk c.
@@ -218,6 +273,11 @@ def mlstm_chunkwise(
         C_in.append(C)
         n_in.append(n)
         m_in.append(m)
+        if resets is not None:
+            new_doc = cut[:, :, c]  # (B, 1)
+            C = C.masked_fill(new_doc[..., None, None], 0.0)
+            n = n.masked_fill(new_doc[..., None], 0.0)
+            m = m.masked_fill(new_doc, 0.0)
         m_new = torch.maximum(g[:, :, c] + m, a[:, :, c].amax(dim=-1))
         decay = torch.exp(g[:, :, c] - (m_new - m))  # see mlstm_step_native for the order
         w = torch.exp(a[:, :, c] - m_new[..., None])  # (B, H, L)
@@ -230,10 +290,15 @@ def mlstm_chunkwise(
     m_in = torch.stack(m_in, dim=2)  # (B, H, NC)
 
     # Outputs of all chunks at once.
-    log_inter = F_in + m_in[..., None]  # (B, H, NC, L)
+    if resets is None:
+        log_inter = F_in + m_in[..., None]  # (B, H, NC, L)
+    else:
+        log_inter = F_in + torch.where(first, m_in[..., None], 0.0)
     m_t = torch.maximum(log_D.amax(dim=-1), log_inter)
     S = (q @ k.transpose(-1, -2)) * torch.exp(log_D - m_t[..., None])
     w_inter = torch.exp(log_inter - m_t)
+    if resets is not None:
+        w_inter = w_inter.masked_fill(~first, 0.0)  # a zero state: a weight in the max, no content
     num = S @ v + w_inter[..., None] * (q @ C_in)
     qn = S.sum(dim=-1) + w_inter * torch.einsum("bhclk,bhck->bhcl", q, n_in)
     h = num / (torch.maximum(qn.abs(), torch.exp(-m_t)) + eps)[..., None]

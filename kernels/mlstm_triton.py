@@ -17,6 +17,16 @@ g = b_L and a_s = g - b_s + i_s:
         num_t = exp(b_t + m_c - mo_t) C_c^T q_t + sum_{s<=t} (q_t.k_s) exp(b_t - b_s + i_s - mo_t) v_s
         h_t = num_t / (max(|den_t|, exp(-mo_t)) + eps)     (den_t: the same with n_c and 1)
 
+Document boundaries (resets, packed sequences): a document is a segment of its chunks. The host
+gives every step its segment index seg_t within the chunk (0 before the chunk's first reset) and b_t
+restarts at every reset. Steps of different segments do not reach each other (P_ts = 0); only
+segment 0 sees the carried state (the others see a zero state with m = 0: the term b_t in the max
+of mo_t, no content); a chunk with a reset starts its end state from (0, 0, m = 0), so g and the
+a_s of the states kernel are those of its last segment. The backward follows the same cuts: the
+carried-state gradient stops at a chunk with a reset (alpha = 0) and a stabilizer won by a zero
+state (src -2) routes nothing to the carried m. Without resets every step is in segment 0 and
+the kernels compute what they computed before.
+
 Backward: one sequential kernel runs the state gradients dC_c, dn_c backwards over chunks; two
 parallel kernels give dq, dk (per K tile) and dv (per V tile) of every chunk from the stored
 chunk states and state gradients. The gate gradients are reductions of per-step scalars those
@@ -100,6 +110,18 @@ def _chunk_gates(B_ptr, I_ptr, bh, c, NC, L: tl.constexpr):
 
 
 @triton.jit
+def _segments(SEG_ptr, bh, c, NC, HAS_RESETS: tl.constexpr, L: tl.constexpr):
+    """The document segment of each step of chunk c (0: before the chunk's first reset, the only
+    steps the carried state reaches) and of its last step (> 0: the chunk's end state starts from
+    the zero state). All 0 without resets."""
+    if HAS_RESETS:
+        seg = tl.load(SEG_ptr + bh * NC * L + c * L + tl.arange(0, L))
+    else:
+        seg = tl.zeros((L,), dtype=tl.int32)
+    return seg, tl.max(seg, 0)
+
+
+@triton.jit
 def _load_rows(ptr, row, mt, offs, D):
     """The (steps, tile) block of a (rows, D) tensor: rows `row` (0 where not mt), columns offs."""
     return tl.load(ptr + row[:, None] * D + offs[None, :], mask=mt[:, None] & (offs < D)[None, :], other=0.0)
@@ -139,11 +161,11 @@ def _qk_tile(Q_ptr, K_ptr, row, mt, k0, DK, BK: tl.constexpr, DOT_F32: tl.conste
 
 
 @triton.jit
-def _intra_decay(b, ig, mo, mt, L: tl.constexpr):
-    """P_ts = exp(b_t - b_s + i_s - mo_t) for s <= t in the chunk; 0 above the diagonal and on
-    steps past T."""
+def _intra_decay(b, ig, mo, mt, seg, L: tl.constexpr):
+    """P_ts = exp(b_t - b_s + i_s - mo_t) for s <= t in the chunk and in t's segment; 0 above the
+    diagonal, across segments and on steps past T."""
     offs_l = tl.arange(0, L)
-    keep = (offs_l[:, None] >= offs_l[None, :]) & mt[:, None]
+    keep = (offs_l[:, None] >= offs_l[None, :]) & mt[:, None] & (seg[:, None] == seg[None, :])
     return tl.where(keep, tl.exp(b[:, None] - b[None, :] + ig[None, :] - mo[:, None]), 0.0)
 
 
@@ -167,14 +189,14 @@ def _dnum(DH_ptr, row, mt, offs_v, DV, Dn):
 
 @triton.jit
 def _fwd_states_kernel(
-    K_ptr, V_ptr, B_ptr, I_ptr, C0_ptr, N0_ptr, M0_ptr,
+    K_ptr, V_ptr, B_ptr, I_ptr, SEG_ptr, C0_ptr, N0_ptr, M0_ptr,
     Cs_ptr, CN_ptr, Ns_ptr, Ms_ptr, MSRC_ptr,
     T, NC, DK, DV,
-    HAS_INIT: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_RESETS: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
-    """Chunk-start states C_c (c < NC, stored in Cs's dtype), n_c, m_c (c <= NC, fp32) and the
-    final state C_NC (fp32, in CN)."""
+    """Chunk-start states C_c (c < NC, stored in Cs's dtype), n_c, m_c (c <= NC, fp32; the states
+    carried into the chunks, before a reset in them) and the final state C_NC (fp32, in CN)."""
     bh, kt, vt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = kt * BK + tl.arange(0, BK)
     offs_v = vt * BV + tl.arange(0, BV)
@@ -201,12 +223,17 @@ def _fwd_states_kernel(
         kc = _load_rows(K_ptr, row, mt, offs_k, DK)
         vc = _load_rows(V_ptr, row, mt, offs_v, DV)
         b, ig, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
-        a = g - b + ig
+        seg, seg_last = _segments(SEG_ptr, bh, c, NC, HAS_RESETS, L)
+        a = tl.where(seg == seg_last, g - b + ig, float("-inf"))
+        cut = seg_last > 0
+        C = tl.where(cut, 0.0, C)
+        n = tl.where(cut, 0.0, n)
+        m = tl.where(cut, 0.0, m)
         a_max = tl.max(a, 0)
         m_new = tl.maximum(g + m, a_max)
-        # Which argument of the max won (-1: the carried state): the backward routes the
-        # gradient of m_{c+1} there.
-        src = tl.where(g + m >= a_max, -1, tl.argmax(a, 0))
+        # Which argument of the max won (-1: the carried state, -2: the zero state of a reset):
+        # the backward routes the gradient of m_{c+1} there.
+        src = tl.where(g + m >= a_max, tl.where(cut, -2, -1), tl.argmax(a, 0))
         if lead:
             tl.store(MSRC_ptr + bh * NC + c, src)
         beta = tl.exp(a - m_new)
@@ -226,10 +253,10 @@ def _fwd_states_kernel(
 
 @triton.jit
 def _fwd_out_kernel(
-    Q_ptr, K_ptr, V_ptr, B_ptr, I_ptr, Cs_ptr, Ns_ptr, Ms_ptr,
+    Q_ptr, K_ptr, V_ptr, B_ptr, I_ptr, SEG_ptr, Cs_ptr, Ns_ptr, Ms_ptr,
     H_ptr, MO_ptr, D_ptr, DSEL_ptr, OSRC_ptr,
     T, NC, DK, DV, scale, eps,
-    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_RESETS: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """Outputs of one chunk and one V tile, from the chunk-start state."""
@@ -250,14 +277,17 @@ def _fwd_out_kernel(
         qn += tl.sum(q.to(tl.float32) * nc[None, :], 1)
 
     b, ig, _ = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
+    seg, _ = _segments(SEG_ptr, bh, c, NC, HAS_RESETS, L)
+    first = seg == 0
     m_c = tl.load(Ms_ptr + st)
-    causal = offs_l[:, None] >= offs_l[None, :]
+    causal = (offs_l[:, None] >= offs_l[None, :]) & (seg[:, None] == seg[None, :])
     logD = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
     m_intra = tl.max(logD, 1)
-    m_inter = b + m_c
+    # After a reset the step sees the zero state (m = 0) instead of the carried one.
+    m_inter = b + tl.where(first, m_c, 0.0)
     mo = tl.maximum(m_inter, m_intra)
     P = tl.exp(logD - mo[:, None])
-    gam = tl.exp(m_inter - mo)
+    gam = tl.where(first, tl.exp(m_inter - mo), 0.0)
     W = S * scale * P
 
     v = _load_rows(V_ptr, row, mt, offs_v, DV)
@@ -274,9 +304,9 @@ def _fwd_out_kernel(
         # d D / d den: sign(den) where |den| won the max, else 0 (then D follows exp(-mo)).
         dsel = tl.where(tl.abs(den) > e_mo, tl.where(den >= 0, 1.0, -1.0), 0.0)
         tl.store(DSEL_ptr + bh * T + t, dsel, mask=mt)
-        # Which argument won the max of mo_t (-1: the carried state): the backward routes the
-        # gradient of mo_t there.
-        src = tl.where(m_inter >= m_intra, -1, tl.argmax(logD, 1))
+        # Which argument won the max of mo_t (-1: the carried state, -2: a reset's zero state): the
+        # backward routes the gradient of mo_t there.
+        src = tl.where(m_inter >= m_intra, tl.where(first, -1, -2), tl.argmax(logD, 1))
         tl.store(OSRC_ptr + bh * T + t, src, mask=mt)
 
 
@@ -285,14 +315,15 @@ def _fwd_out_kernel(
 
 @triton.jit
 def _bwd_states_kernel(
-    Q_ptr, DH_ptr, B_ptr, I_ptr, Ms_ptr, MO_ptr, D_ptr, DDEN_ptr, DCN_ptr, DNN_ptr,
+    Q_ptr, DH_ptr, B_ptr, I_ptr, SEG_ptr, Ms_ptr, MO_ptr, D_ptr, DDEN_ptr, DCN_ptr, DNN_ptr,
     dCs_ptr, dC0_ptr, dNs_ptr,
     T, NC, DK, DV, scale,
-    HAS_DFINAL: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_RESETS: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """Gradients of the chunk-start states, dC_c and dn_c for c = NC..0, backwards over chunks:
-    dC_c = exp(g + m_c - m_{c+1}) dC_{c+1} + sum_t exp(b_t + m_c - mo_t) q_t dnum_t^T.
+    dC_c = exp(g + m_c - m_{c+1}) dC_{c+1} + sum_t exp(b_t + m_c - mo_t) q_t dnum_t^T (the first
+    term 0 in a chunk with a reset, the sum over its steps before the first reset).
     dC_c for c >= 1 goes to dCs[c - 1] (in dCs's dtype), dC_0 to dC0 (fp32); dn_c to dNs[c]."""
     bh, kt, vt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = kt * BK + tl.arange(0, BK)
@@ -313,14 +344,15 @@ def _bwd_states_kernel(
         c = NC - 1 - cc
         t, mt, row, st, sc = _chunk_steps(bh, c, T, NC, L)
         b, _, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
+        seg, seg_last = _segments(SEG_ptr, bh, c, NC, HAS_RESETS, L)
         m_c = tl.load(Ms_ptr + st)
         m_next = tl.load(Ms_ptr + st + 1)
         mo, Dn, dden = _out_scalars(MO_ptr, D_ptr, DDEN_ptr, bh, T, t, mt)
-        gam = tl.where(mt, tl.exp(b + m_c - mo), 0.0) * scale
+        gam = tl.where(mt & (seg == 0), tl.exp(b + m_c - mo), 0.0) * scale
         q = _load_rows(Q_ptr, row, mt, offs_k, DK)
         dnum = _dnum(DH_ptr, row, mt, offs_v, DV, Dn)
         qg = q.to(tl.float32) * gam[:, None]
-        alpha = tl.exp(g - (m_next - m_c))
+        alpha = tl.where(seg_last > 0, 0.0, tl.exp(g - (m_next - m_c)))
         # dC is dC_{c+1} here: the dk/dv kernels of chunk c read it from dCs[c].
         _store_state(dCs_ptr, sc, offs_k, offs_v, DK, DV, dC)
         dC = alpha * dC + _dot(tl.trans(qg), dnum, DOT_F32, DT)
@@ -332,11 +364,11 @@ def _bwd_states_kernel(
 
 @triton.jit
 def _bwd_dqdk_kernel(
-    Q_ptr, K_ptr, V_ptr, DH_ptr, B_ptr, I_ptr, Cs_ptr, Ns_ptr, Ms_ptr, dCs_ptr, dNs_ptr,
+    Q_ptr, K_ptr, V_ptr, DH_ptr, B_ptr, I_ptr, SEG_ptr, Cs_ptr, Ns_ptr, Ms_ptr, dCs_ptr, dNs_ptr,
     MO_ptr, D_ptr, DDEN_ptr,
     DQ_ptr, DK_ptr, RROW_ptr, RCOL_ptr, LGAM_ptr, LBETA_ptr, CC_ptr,
     T, NC, DK, DV, scale, BH,
-    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_RESETS: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """dq and dk of one chunk and one K tile, plus the per-step scalars of the gate gradients."""
@@ -350,12 +382,13 @@ def _bwd_dqdk_kernel(
     S = S * scale
 
     b, ig, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
+    seg, seg_last = _segments(SEG_ptr, bh, c, NC, HAS_RESETS, L)
     m_c = tl.load(Ms_ptr + st)
     m_next = tl.load(Ms_ptr + st + 1)
     mo, Dn, dden = _out_scalars(MO_ptr, D_ptr, DDEN_ptr, bh, T, t, mt)
-    P = _intra_decay(b, ig, mo, mt, L)
-    gam = tl.where(mt, tl.exp(b + m_c - mo), 0.0)
-    beta = tl.exp(g - b + ig - m_next)
+    P = _intra_decay(b, ig, mo, mt, seg, L)
+    gam = tl.where(mt & (seg == 0), tl.exp(b + m_c - mo), 0.0)
+    beta = tl.where(seg == seg_last, tl.exp(g - b + ig - m_next), 0.0)
 
     offs_k = kt * BK + tl.arange(0, BK)
     mk = offs_k < DK
@@ -403,10 +436,10 @@ def _bwd_dqdk_kernel(
 
 @triton.jit
 def _bwd_dv_kernel(
-    Q_ptr, K_ptr, DH_ptr, B_ptr, I_ptr, Ms_ptr, dCs_ptr, MO_ptr, D_ptr, DDEN_ptr,
+    Q_ptr, K_ptr, DH_ptr, B_ptr, I_ptr, SEG_ptr, Ms_ptr, dCs_ptr, MO_ptr, D_ptr, DDEN_ptr,
     DV_ptr,
     T, NC, DK, DV, scale,
-    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_RESETS: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_F32: tl.constexpr, DT: tl.constexpr,
 ):
     """dv of one chunk and one V tile: dv_s = sum_t W_ts dnum_t + beta_s dC_{c+1}^T k_s."""
@@ -423,11 +456,12 @@ def _bwd_dv_kernel(
         kdC += _dot(k, dCn, DOT_F32, DT)
 
     b, ig, g = _chunk_gates(B_ptr, I_ptr, bh, c, NC, L)
+    seg, seg_last = _segments(SEG_ptr, bh, c, NC, HAS_RESETS, L)
     m_next = tl.load(Ms_ptr + st + 1)
     mo, Dn, _ = _out_scalars(MO_ptr, D_ptr, DDEN_ptr, bh, T, t, mt)
-    P = _intra_decay(b, ig, mo, mt, L)
+    P = _intra_decay(b, ig, mo, mt, seg, L)
     W = S * scale * P
-    beta = tl.exp(g - b + ig - m_next)
+    beta = tl.where(seg == seg_last, tl.exp(g - b + ig - m_next), 0.0)
     dnum = _dnum(DH_ptr, row, mt, offs_v, DV, Dn)
     dv = _dot(tl.trans(W), dnum, DOT_F32, DT) + beta[:, None] * kdC
     _store_rows(DV_ptr, row, mt, offs_v, DV, dv)
@@ -496,9 +530,10 @@ _DOT_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 class _Launch:
     """Sizes, grid and compile-time parameters of one chunkwise call (q (B, H, T, DK), v (.., DV),
-    chunk length L): made once by the forward, from TUNING, and reused by its backward."""
+    chunk length L, whether there are resets): made once by the forward, from TUNING, and reused by
+    its backward."""
 
-    def __init__(self, q: torch.Tensor, v: torch.Tensor, L: int):
+    def __init__(self, q: torch.Tensor, v: torch.Tensor, L: int, has_resets: bool):
         self.B, self.H, self.T, self.DK = q.shape
         self.DV = v.shape[-1]
         self.BH = self.B * self.H
@@ -513,18 +548,19 @@ class _Launch:
         self.scale = self.DK ** -0.5
         # The compile-time arguments every chunkwise kernel takes.
         self.meta = dict(
-            L=L, BK=self.BK, BV=self.BV,
+            HAS_RESETS=has_resets, L=L, BK=self.BK, BV=self.BV,
             DOT_F32=dot_precision(q.dtype) == "ieee", DT=_DOT_DTYPES.get(q.dtype, tl.float32),
             num_warps=TUNING["num_warps_small"] if L <= 32 else TUNING["num_warps_large"],
             num_stages=TUNING["num_stages"],
         )
 
 
-def _gate_prep(i: torch.Tensor, f: torch.Tensor, L: int, NC: int):
+def _gate_prep(i: torch.Tensor, f: torch.Tensor, L: int, NC: int, resets: torch.Tensor | None):
     """(B*H, NC*L) float32 within-chunk cumulative log forget gates b and input gates, padded with
-    masked steps (lsig(f) = 0, i = -inf), plus lsig(f) itself."""
-    BH = i.shape[0] * i.shape[1]
-    T = i.shape[-1]
+    masked steps (lsig(f) = 0, i = -inf); with resets (B, T) also the int32 segment index of every
+    step in its chunk, and b restarts at every reset."""
+    B, H, T = i.shape
+    BH = B * H
     pad = NC * L - T
     lsig = F.logsigmoid(f.float()).reshape(BH, T)
     ig = i.float().reshape(BH, T)
@@ -533,11 +569,35 @@ def _gate_prep(i: torch.Tensor, f: torch.Tensor, L: int, NC: int):
         ig = F.pad(ig, (0, pad), value=float("-inf"))
     else:
         lsig_p = lsig
-    b = lsig_p.view(BH, NC, L).cumsum(-1).reshape(BH, NC * L).contiguous()
-    return b, ig.contiguous()
+    if resets is None:
+        b = lsig_p.view(BH, NC, L).cumsum(-1).reshape(BH, NC * L).contiguous()
+        return b, ig.contiguous(), None
+    starts = F.pad(resets, (0, pad), value=False).view(B, 1, NC, L).expand(B, H, NC, L).reshape(BH, NC, L)
+    seg = starts.cumsum(-1, dtype=torch.int32)
+    # b_t = lsig_t + b_{t-1} inside a segment: the reverse recurrence of the flipped sequence.
+    b = _scan_rev(lsig_p.view(BH, NC, L).flip(-1), ~starts.flip(-1)).flip(-1)
+    return b.reshape(BH, NC * L).contiguous(), ig.contiguous(), seg.reshape(BH, NC * L).contiguous()
 
 
-def _forward(q, k, v, b, ig, C0, n0, m0, cfg: _Launch, eps):
+def _scan_rev(E: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """Solve M_c = E_c + rho_c M_{c+1} along the last dim (rho bool; rho of the last is ignored)
+    by recursive doubling. Unlike _chain_rev, every M_c is a sum of its own terms only (a term
+    past a break enters as 0 * E_j): what lies beyond a document boundary adds exactly 0."""
+    N = E.shape[-1]
+    M = E.clone()
+    A = rho.to(E.dtype)
+    A[..., -1] = 0.0
+    d = 1
+    while d < N:
+        M_next = M.clone()
+        M_next[..., : N - d] += A[..., : N - d] * M[..., d:]
+        A_next = torch.zeros_like(A)
+        A_next[..., : N - d] = A[..., : N - d] * A[..., d:]
+        M, A, d = M_next, A_next, 2 * d
+    return M
+
+
+def _forward(q, k, v, b, ig, seg, C0, n0, m0, cfg: _Launch, eps):
     BH, NC, T, DK, DV = cfg.BH, cfg.NC, cfg.T, cfg.DK, cfg.DV
     dev = q.device
     # Chunk-start states C_0..C_{NC-1} for the output and backward kernels; the final state
@@ -551,8 +611,9 @@ def _forward(q, k, v, b, ig, C0, n0, m0, cfg: _Launch, eps):
     msrc = alloc((BH, NC), dev, torch.int32)
     has_init = C0 is not None
     dummy = Ms
+    seg = dummy if seg is None else seg
     _fwd_states_kernel[(BH, cfg.nK, cfg.nV)](
-        k, v, b, ig,
+        k, v, b, ig, seg,
         C0 if has_init else dummy, n0 if has_init else dummy, m0 if has_init else dummy,
         Cs, CN, Ns, Ms, msrc,
         T, NC, DK, DV,
@@ -564,7 +625,7 @@ def _forward(q, k, v, b, ig, C0, n0, m0, cfg: _Launch, eps):
     dsel = alloc((BH, T), dev)
     osrc = alloc((BH, T), dev, torch.int32)
     _fwd_out_kernel[(BH, NC, cfg.nV)](
-        q, k, v, b, ig, Cs, Ns, Ms,
+        q, k, v, b, ig, seg, Cs, Ns, Ms,
         h, mo, Dn, dsel, osrc,
         T, NC, DK, DV, cfg.scale, eps,
         **cfg.meta,
@@ -572,7 +633,7 @@ def _forward(q, k, v, b, ig, C0, n0, m0, cfg: _Launch, eps):
     return h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc
 
 
-def _backward(q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h,  # what the forward saved
+def _backward(q, k, v, f, b, ig, seg, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h,  # what the forward saved
               dh, dC_N, dn_N, dm_N, cfg: _Launch, eps):
     """Gradients from the upstream ones (dh, and dC_N, dn_N, dm_N of the final state, each None
     when it has none). Returns dq, dk, dv, then di, df (BH, T), dC_0 (BH, DK, DV), dn_c (BH, NC + 1,
@@ -598,8 +659,9 @@ def _backward(q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h,  # wha
     dCs = alloc((BH, NC, DK, DV), dev)
     dC0 = alloc((BH, DK, DV), dev)
     dNs = alloc((BH, NC + 1, DK), dev)
+    seg_arg = Ms if seg is None else seg
     _bwd_states_kernel[(BH, cfg.nK, cfg.nV)](
-        q, dh, b, ig, Ms, mo, Dn, dden, dCN, dNN,
+        q, dh, b, ig, seg_arg, Ms, mo, Dn, dden, dCN, dNN,
         dCs, dC0, dNs,
         T, NC, DK, DV, scale,
         HAS_DFINAL=has_dfinal, **cfg.meta,
@@ -614,21 +676,21 @@ def _backward(q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h,  # wha
     lbeta = alloc((cfg.nK, BH, T), dev)
     ccs = alloc((cfg.nK, BH, NC), dev)
     _bwd_dqdk_kernel[(BH, NC, cfg.nK)](
-        q, k, v, dh, b, ig, Cs, Ns, Ms, dCs, dNs,
+        q, k, v, dh, b, ig, seg_arg, Cs, Ns, Ms, dCs, dNs,
         mo, Dn, dden,
         dq, dk, rrow, rcol, lgam, lbeta, ccs,
         T, NC, DK, DV, scale, BH,
         **cfg.meta,
     )
     _bwd_dv_kernel[(BH, NC, cfg.nV)](
-        q, k, dh, b, ig, Ms, dCs, mo, Dn, dden,
+        q, k, dh, b, ig, seg_arg, Ms, dCs, mo, Dn, dden,
         dv,
         T, NC, DK, DV, scale,
         **cfg.meta,
     )
 
     di, df, dm0 = _gate_grads(
-        f, b, ig, Ms, msrc, osrc, rrow, rcol, lgam.sum(0), lbeta.sum(0), ccs.sum(0), dmo,
+        f, b, seg, Ms, msrc, osrc, rrow, rcol, lgam.sum(0), lbeta.sum(0), ccs.sum(0), dmo,
         dm_N, cfg.L, NC, T,
     )
     return dq, dk, dv, di, df, dC0, dNs, dm0
@@ -650,21 +712,21 @@ def _chain_rev(E: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
 class _MLSTMChunkwise(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, L, eps):
-        cfg = _Launch(q, v, L)
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, resets, L, eps):
+        cfg = _Launch(q, v, L, resets is not None)
         dtype = q.dtype
         q = q.contiguous()
         k = k.to(dtype).contiguous()
         v = v.to(dtype).contiguous()
         has_init = C0 is not None
         with on_device_of(q):
-            b, ig = _gate_prep(i, f, L, cfg.NC)
+            b, ig, seg = _gate_prep(i, f, L, cfg.NC, resets)
             if has_init:
                 C0 = C0.float().contiguous()
                 n0 = n0.float().contiguous()
                 m0 = m0.float().contiguous()
-            h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc = _forward(q, k, v, b, ig, C0, n0, m0, cfg, eps)
-        ctx.save_for_backward(q, k, v, f, b, ig, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h)
+            h, Cs, CN, Ns, Ms, msrc, mo, Dn, dsel, osrc = _forward(q, k, v, b, ig, seg, C0, n0, m0, cfg, eps)
+        ctx.save_for_backward(q, k, v, f, b, ig, seg, Cs, Ns, Ms, msrc, mo, Dn, dsel, osrc, h)
         ctx.cfg = cfg
         ctx.meta = (eps, has_init, i.dtype, f.dtype)
         B, H, NC = cfg.B, cfg.H, cfg.NC
@@ -689,12 +751,13 @@ class _MLSTMChunkwise(torch.autograd.Function):
         else:
             dC0 = dn0 = dm0 = None
         return (dq, dk, dv, di.reshape(B, H, T).to(i_dtype), df.reshape(B, H, T).to(f_dtype),
-                dC0, dn0, dm0, None, None)
+                dC0, dn0, dm0, None, None, None)
 
 
-def _gate_grads(f, b, ig, Ms, msrc, osrc, rrow, rcol, lgam, lbeta, ccs, dmo, dm_N, L, NC, T):
+def _gate_grads(f, b, seg, Ms, msrc, osrc, rrow, rcol, lgam, lbeta, ccs, dmo, dm_N, L, NC, T):
     """Gradients of the gate pre-activations and of the initial stabilizer, from the per-step
-    scalars of the kernels. All (B*H, ...) float32; see the module docstring for the names."""
+    scalars of the kernels. All (B*H, ...) float32 (seg: int32 or None); see the module docstring
+    for the names."""
     BH = b.shape[0]
     Tp = NC * L
     dev = b.device
@@ -706,10 +769,13 @@ def _gate_grads(f, b, ig, Ms, msrc, osrc, rrow, rcol, lgam, lbeta, ccs, dmo, dm_
     g = b.view(BH, NC, L)[..., -1]
     m_c, m_next = Ms[:, :NC], Ms[:, 1:]
     alpha = torch.exp(g - (m_next - m_c))
+    if seg is not None:
+        seg = seg.view(BH, NC, L)
+        alpha = alpha.masked_fill(seg[..., -1] > 0, 0.0)  # a chunk with a reset drops the carried state
     dlog_alpha = alpha * ccs  # (BH, NC)
     lbeta_c = padT(lbeta).view(BH, NC, L).sum(-1)
     z = dlog_alpha + lbeta_c  # d/dm_{c+1} through alpha_c, beta_c (with a minus sign)
-    inter = (osrc < 0).float()
+    inter = (osrc == -1).float()  # (-2, a reset's zero state, has no carried m)
     out_c = padT(lgam + dmo * inter).view(BH, NC, L).sum(-1)  # gradient of m_c via the outputs
 
     # M_c: total gradient of the chunk-start stabilizer m_c, c = 0..NC.
@@ -719,8 +785,8 @@ def _gate_grads(f, b, ig, Ms, msrc, osrc, rrow, rcol, lgam, lbeta, ccs, dmo, dm_
     if dm_N is not None:
         E[:, NC] += dm_N.reshape(BH).float()
     rho = torch.zeros(BH, NC + 1, device=dev, dtype=torch.bool)
-    rho[:, :NC] = msrc < 0
-    M = _chain_rev(E, rho)
+    rho[:, :NC] = msrc == -1
+    M = _chain_rev(E, rho) if seg is None else _scan_rev(E, rho)
     M_next = M[:, 1:]
 
     # Routing of max arguments that are in-chunk steps: mo_t -> s = osrc_t, m_{c+1} -> s = msrc_c.
@@ -738,7 +804,12 @@ def _gate_grads(f, b, ig, Ms, msrc, osrc, rrow, rcol, lgam, lbeta, ccs, dmo, dm_
     dg = z + M_next  # g = b_L enters alpha, beta and the max
     # b_t = sum_{r <= t} lsig_r within the chunk, g = b_L: reverse cumsum, plus dg everywhere.
     db = db.view(BH, NC, L)
-    dlsig = db.flip(-1).cumsum(-1).flip(-1) + dg[..., None]
+    if seg is None:
+        dlsig = db.flip(-1).cumsum(-1).flip(-1) + dg[..., None]
+    else:
+        # b_t sums lsig over t's segment up to t, g = b_L over the last segment.
+        db[..., -1] += dg
+        dlsig = _scan_rev(db, F.pad(seg[..., 1:] == seg[..., :-1], (0, 1), value=False))
     dlsig = dlsig.reshape(BH, Tp)[:, :T]
     df = dlsig * torch.sigmoid(-f.float().reshape(BH, T))
     return di[:, :T], df, M[:, 0]
@@ -754,23 +825,26 @@ def mlstm_chunkwise_triton(
     return_final_state: bool = False,
     chunk_size: int = 64,
     eps: float = 1e-6,
+    resets: torch.Tensor | None = None,
 ):
     """Chunkwise mLSTM with Triton kernels (forward and backward).
 
     q, k: (B, H, T, K); v: (B, H, T, V); i, f: (B, H, T); initial_state: optional
     (C (B, H, K, V), n (B, H, K), m (B, H)). chunk_size: a power of two in [16, 128].
-    Returns h (B, H, T, V) in q's dtype, or (h, (C, n, m)) float32 when return_final_state.
+    resets: optional (B, T) bool, True at the first step of a new document (zero state before it;
+    see ops.mlstm). Returns h (B, H, T, V) in q's dtype, or (h, (C, n, m)) float32 when
+    return_final_state.
     """
     reason = unsupported_reason(q, v, chunk_size)
     if reason is not None:
         raise ValueError(f"mlstm triton kernels do not support {reason}")
-    return run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+    return run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps, resets)
 
 
-def run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps):
+def run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps, resets=None):
     """mlstm_chunkwise_triton without the input check, for a caller that has just made it (ops.py)."""
     C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
-    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, chunk_size, eps)
+    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, resets, chunk_size, eps)
     return (h, (C, n, m)) if return_final_state else h
 
 

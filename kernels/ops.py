@@ -7,6 +7,12 @@
 backend: "native" (plain PyTorch, any device), "triton", or "auto" (triton when the tensors are
 on CUDA and triton is importable, native otherwise). The native references live in
 mlstm_native.py / slstm_native.py; they are the spec the Triton kernels are checked against.
+
+Packed sequences: the sequence ops take `resets`, a (B, T) bool tensor, True at the first step of a
+new document. Just before that step every recurrent state is the zero state (what
+initial_state=None means), so each document gives exactly the outputs it gives alone, its final
+state is its own, and no gradient crosses a boundary. A reset at t = 0 discards that row's
+initial_state. Every backend honours it (the Triton kernels natively).
 """
 
 from __future__ import annotations
@@ -66,14 +72,14 @@ def _fallback(op: str, reason: str) -> None:
         warnings.warn(f"{op}: the triton kernels do not support {reason}; using the native op", stacklevel=4)
 
 
-def _mlstm_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps):
+def _mlstm_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps, resets):
     from .mlstm_triton import run_chunkwise, unsupported_reason
 
     reason = unsupported_reason(q, v, chunk_size)
     if reason is None:
-        return run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+        return run_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps, resets)
     _fallback("mlstm", reason)
-    return mlstm_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+    return mlstm_chunkwise(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps, resets)
 
 
 def _mlstm_step_triton(q, k, v, i, f, state, eps):
@@ -89,14 +95,14 @@ def _mlstm_step_triton(q, k, v, i, f, state, eps):
     return mlstm_step_native(q, k, v, i, f, state, eps)
 
 
-def _slstm_triton(x, R, initial_state, return_final_state, mask):
+def _slstm_triton(x, R, initial_state, return_final_state, mask, resets):
     from .slstm_triton import run_slstm, slstm_triton_unsupported_reason
 
     reason = slstm_triton_unsupported_reason(x, R)
     if reason is None:
-        return run_slstm(x, R, initial_state, return_final_state, mask)
+        return run_slstm(x, R, initial_state, return_final_state, mask, resets=resets)
     _fallback("slstm", reason)
-    return slstm_native(x, R, initial_state=initial_state, return_final_state=return_final_state, mask=mask)
+    return slstm_native(x, R, initial_state, return_final_state, mask, resets)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -113,6 +119,23 @@ def _check_shape(name: str, t: torch.Tensor, expected: tuple, what: str) -> None
     _check_float(name, t)
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {what} = {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def _check_steps(name: str, t, B: int, T: int, meaning: str) -> None:
+    """A per-step flag tensor: bool, (B, T)."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a bool tensor ({meaning}), got {got}")
+    if tuple(t.shape) != (B, T):
+        raise ValueError(f"{name} must have shape (B, T) = {(B, T)}, got {tuple(t.shape)}")
+
+
+def _check_resets(resets, B: int, T: int, device: torch.device) -> None:
+    if resets is None:
+        return
+    _check_steps("resets", resets, B, T, "True = first step of a new document")
+    if resets.device != device:
+        raise ValueError(f"resets must be on the inputs' device {device}, got {resets.device}")
 
 
 def _check_mlstm_state(state, B: int, H: int, K: int, V: int, name: str) -> None:
@@ -163,6 +186,7 @@ def mlstm(
     chunk_size: int = 64,
     backend: str = "auto",
     eps: float = 1e-6,
+    resets: torch.Tensor | None = None,
 ):
     """mLSTM over a sequence (chunkwise form for every T).
 
@@ -176,6 +200,11 @@ def mlstm(
         chunk_size: chunk length L of the chunkwise form (>= 1); any T works.
         backend: "auto", "native" or "triton".
         eps: added to the denominator max(|n^T q|, exp(-m)).
+        resets: optional (B, T) bool, True at the first step of a new document (packed sequences):
+            (C, n, m) is zeroed just before that step, m included (so m restarts from 0 exactly as
+            for initial_state=None; this is not a forget gate of -inf). A reset at t = 0 ignores
+            initial_state for that row. A reset on a masked step resets the state, which the masked
+            steps carry on to the next real step.
 
     Returns:
         h (B, H, T, V) in q's dtype, or (h, (C, n, m)) with float32 states.
@@ -186,14 +215,16 @@ def mlstm(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     _check_mlstm_state(initial_state, B, H, K, V, "initial_state")
+    _check_resets(resets, B, q.shape[2], q.device)
     if resolve_backend(backend, q) == "triton":
-        return _mlstm_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps)
+        return _mlstm_triton(q, k, v, i, f, initial_state, return_final_state, chunk_size, eps, resets)
     return mlstm_chunkwise(
         q, k, v, i, f,
         initial_state=initial_state,
         return_final_state=return_final_state,
         chunk_size=chunk_size,
         eps=eps,
+        resets=resets,
     )
 
 
@@ -211,7 +242,8 @@ def mlstm_step(
 
     Args:
         q, k: (B, H, K); v: (B, H, V); i, f: (B, H) gate pre-activations.
-        state: (C (B, H, K, V), n (B, H, K), m (B, H)) or None (zeros).
+        state: (C (B, H, K, V), n (B, H, K), m (B, H)) or None (zeros). There is no `resets`: a
+            token that starts a new document is a step from state=None (zeros for that row).
 
     Returns:
         (h (B, H, V) in q's dtype, new float32 state (C, n, m)).
@@ -230,6 +262,7 @@ def slstm(
     return_final_state: bool = False,
     backend: str = "auto",
     mask: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
 ):
     """sLSTM over a sequence.
 
@@ -241,6 +274,11 @@ def slstm(
         backend: "auto", "native" or "triton".
         mask: optional (B, T) bool, True = real token; a False step carries the state unchanged
             and outputs the carried h.
+        resets: optional (B, T) bool, True at the first step of a new document (packed sequences):
+            (c, n, m, h) are all zero just before that step (h_{t-1} = 0 also removes R h_{t-1}).
+            A reset at t = 0 ignores initial_state for that row. A reset applies where it stands,
+            before the mask: on a masked step the zero state is carried (and output, h = 0) until
+            the next real step, which therefore starts the new document.
 
     Returns:
         h (B, T, H, D) in x's dtype, or (h, (c, n, m, h_last)) with float32 states.
@@ -258,12 +296,10 @@ def slstm(
         for name, s in zip("cnmh", initial_state):
             _check_shape(f"initial_state {name}", s, (B, H, D), "(B, H, D)")
     if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError("mask must be a bool tensor (True = real token)")
-        if tuple(mask.shape) != (B, T):
-            raise ValueError(f"mask must have shape (B, T) = {(B, T)}, got {tuple(mask.shape)}")
+        _check_steps("mask", mask, B, T, "True = real token")
+    _check_resets(resets, B, T, x.device)
     if R.device != x.device:
         raise ValueError(f"x and R must be on one device, got {x.device} and {R.device}")
     if resolve_backend(backend, x) == "triton":
-        return _slstm_triton(x, R, initial_state, return_final_state, mask)
-    return slstm_native(x, R, initial_state=initial_state, return_final_state=return_final_state, mask=mask)
+        return _slstm_triton(x, R, initial_state, return_final_state, mask, resets)
+    return slstm_native(x, R, initial_state, return_final_state, mask, resets)

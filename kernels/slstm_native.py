@@ -25,11 +25,15 @@ def slstm_native(
     initial_state: SLSTMState | None = None,
     return_final_state: bool = False,
     mask: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
 ):
     """Run the stabilized sLSTM over T steps.
 
     mask: optional (B, T) bool, True = real token. A False step is skipped: (c, n, m, h) is carried
     unchanged and the output at that step is the carried h.
+    resets: optional (B, T) bool, True at the first step of a new document: (c, n, m, h) are zero
+    just before that step (a reset at t = 0 discards the initial state). The reset comes first, so a
+    skipped step carries the zero state on to the next real one.
     Returns h (B, T, H, D) in x's dtype, or (h, (c, n, m, h_last)) with float32 states.
     """
     out_dtype = x.dtype
@@ -44,6 +48,9 @@ def slstm_native(
 
     hs = []
     for t in range(T):
+        if resets is not None:
+            new_doc = resets[:, t].view(B, 1, 1)
+            c, n, m, h = (s.masked_fill(new_doc, 0.0) for s in (c, n, m, h))
         # Block-diagonal recurrence: head j only sees its own previous h.
         pre = x[:, t] + torch.einsum("bhd,ghde->bghe", h, R)  # (B, 4, H, D)
         i_pre, f_pre, z_pre, o_pre = pre.unbind(dim=1)

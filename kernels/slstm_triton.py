@@ -38,6 +38,11 @@ dA of the whole head go through the dA buffer and the same barrier. dR = sum_{b,
 is one batched matrix product over the stored h and dA after the loop (fully parallel, cuBLAS),
 instead of a D x 4D accumulator per program that would double the on-chip footprint.
 
+Document boundaries (resets): before a step that starts a document the forward zeroes the carried
+(c, n, m, h) (h_{t-1} of the whole head: the recurrent product sees 0), and the backward, after
+that step, zeroes the carried gradients; the state sequence keeps the state before the reset, so
+the backward applies the reset again where it reads it, and dR takes h_{t-1} = 0 there.
+
 What is stored for the backward (float32): the gate pre-activations (B, T, 4, H, D) and the
 state sequence (c, n, m, h) at every step (4, B, T + 1, H, D); index 0 is the initial state.
 The backward recomputes the pointwise gate values from those.
@@ -105,6 +110,12 @@ def _store4(ptr, stride, mask, a, b, c, d):
 
 
 @triton.jit
+def _step_flag(ptr, ob, T, t, bmask):
+    """A (B, T) uint8 flag (mask or resets) of step t for the program's batch rows, as (BB, 1) bool."""
+    return (tl.load(ptr + ob * T + t, mask=bmask, other=0) != 0)[:, None]
+
+
+@triton.jit
 def _program_tile(B, D, btile_offset, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr):
     """What a program of the (cell tiles, heads, batch tiles) grid owns: its batch tile pid_b, its
     cells offs_n of the head, the whole head offs_d, their masks, the (rows x own cells) mask, and
@@ -120,9 +131,9 @@ def _program_tile(B, D, btile_offset, BB: tl.constexpr, BLOCK_D: tl.constexpr, B
 
 @triton.jit
 def _slstm_fwd_kernel(
-    x_ptr, R_ptr, mask_ptr, y_ptr, gate_ptr, state_ptr, sync_ptr,
+    x_ptr, R_ptr, mask_ptr, reset_ptr, y_ptr, gate_ptr, state_ptr, sync_ptr,
     B, T, H, D, t_start, t_end, btile_offset,
-    HAS_MASK: tl.constexpr, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr,
     SPLIT: tl.constexpr, BARRIER: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
@@ -154,6 +165,13 @@ def _slstm_fwd_kernel(
                          cache_modifier=".cg")
         else:
             hp = h
+        if HAS_RESETS:
+            new_doc = _step_flag(reset_ptr, ob, T, t, bmask)
+            hp = tl.where(new_doc, 0.0, hp)
+            c = tl.where(new_doc, 0.0, c)
+            n = tl.where(new_doc, 0.0, n)
+            m = tl.where(new_doc, 0.0, m)
+            h = tl.where(new_doc, 0.0, h)
         a_i, a_f, a_z, a_o = _load4(x_ptr + x_off + t * 4 * HD, HD, 0, tile_mask)
         a_i += tl.dot(hp, R_i, input_precision=DOT_PREC)
         a_f += tl.dot(hp, R_f, input_precision=DOT_PREC)
@@ -168,7 +186,7 @@ def _slstm_fwd_kernel(
         n_new = fp * n + ip
         h_new = tl.sigmoid(a_o) * c_new / n_new
         if HAS_MASK:
-            keep = (tl.load(mask_ptr + ob * T + t, mask=bmask, other=0) != 0)[:, None]
+            keep = _step_flag(mask_ptr, ob, T, t, bmask)
             c = tl.where(keep, c_new, c)
             n = tl.where(keep, n_new, n)
             m = tl.where(keep, m_new, m)
@@ -188,9 +206,9 @@ def _slstm_fwd_kernel(
 
 @triton.jit
 def _slstm_bwd_kernel(
-    R_ptr, mask_ptr, gate_ptr, state_ptr, dy_ptr, dA_ptr, dstate_ptr, sync_ptr,
+    R_ptr, mask_ptr, reset_ptr, gate_ptr, state_ptr, dy_ptr, dA_ptr, dstate_ptr, sync_ptr,
     B, T, H, D, t_lo, t_hi, btile_offset,
-    HAS_MASK: tl.constexpr, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, BB: tl.constexpr, BLOCK_D: tl.constexpr, BN: tl.constexpr,
     SPLIT: tl.constexpr, BARRIER: tl.constexpr, PHASE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # Steps t_hi - 1 down to t_lo. PHASE 0: both halves of a step; 1: only the pointwise half
@@ -223,13 +241,19 @@ def _slstm_bwd_kernel(
     for tt in range(t_lo, t_hi):
         t = t_hi - 1 - (tt - t_lo)
         if HAS_MASK:
-            keep = (tl.load(mask_ptr + ob * T + t, mask=bmask, other=0) != 0)[:, None]
+            keep = _step_flag(mask_ptr, ob, T, t, bmask)
+        if HAS_RESETS:
+            new_doc = _step_flag(reset_ptr, ob, T, t, bmask)
         if PHASE != 2:
             a_i, a_f, a_z, a_o = _load4(gate_ptr + x_off + t * 4 * HD, HD, 0, tile_mask)
             sp = state_ptr + st_off + t * HD
             c_p = tl.load(sp + 0 * S, mask=tile_mask, other=0.0)
             n_p = tl.load(sp + 1 * S, mask=tile_mask, other=0.0)
             m_p = tl.load(sp + 2 * S, mask=tile_mask, other=0.0)
+            if HAS_RESETS:
+                c_p = tl.where(new_doc, 0.0, c_p)
+                n_p = tl.where(new_doc, 0.0, n_p)
+                m_p = tl.where(new_doc, 0.0, m_p)
             dy = tl.load(dy_ptr + y_off + t * HD, mask=tile_mask, other=0.0).to(tl.float32)
 
             # recompute the step exactly as the forward did
@@ -269,6 +293,11 @@ def _slstm_bwd_kernel(
                 dc = dc_t * fp
                 dn = dn_t * fp
                 dm = d_lfm
+            if HAS_RESETS:
+                # the step started from the zero state: nothing flows to the one before
+                dc = tl.where(new_doc, 0.0, dc)
+                dn = tl.where(new_doc, 0.0, dn)
+                dm = tl.where(new_doc, 0.0, dm)
             _store4(dA_ptr + x_off + t * 4 * HD, HD, tile_mask, da_i, da_f, da_z, da_o)
         if PHASE == 1:
             dh = dh_tot
@@ -297,6 +326,8 @@ def _slstm_bwd_kernel(
                 dh = tl.where(keep, rec, dh_tot)
             else:
                 dh = rec
+            if HAS_RESETS:
+                dh = tl.where(new_doc, 0.0, dh)
 
     if PHASE != 2:
         tl.store(dstate_ptr + 0 * SD + ds_off, dc, mask=tile_mask)
@@ -361,17 +392,19 @@ def _pick_config(B, H, D, device, interpreted, overrides) -> _Config:
 # --------------------------------------------------------------------------------------------
 
 
-def _launch_args(cfg: _Config, H, mask_u8, dtype, device):
+def _launch_args(cfg: _Config, H, mask_u8, reset_u8, dtype, device):
     """What every launch of a forward or backward pass takes: the groups' barrier counters (zeroed),
-    the mask argument (the counters stand in for an absent mask) and the compile-time arguments."""
+    the mask and resets arguments (the counters stand in for absent ones) and the compile-time
+    arguments."""
     sync = torch.zeros(cfg.n_btiles * H, device=device, dtype=torch.int32)
     has_mask = mask_u8 is not None
-    meta = dict(HAS_MASK=has_mask, BB=cfg.BB, BLOCK_D=cfg.BLOCK_D, BN=cfg.BN,
+    has_resets = reset_u8 is not None
+    meta = dict(HAS_MASK=has_mask, HAS_RESETS=has_resets, BB=cfg.BB, BLOCK_D=cfg.BLOCK_D, BN=cfg.BN,
                 DOT_PREC=dot_precision(dtype), num_warps=cfg.num_warps)
-    return sync, mask_u8 if has_mask else sync, meta
+    return sync, mask_u8 if has_mask else sync, reset_u8 if has_resets else sync, meta
 
 
-def _forward(x, R, state0, mask_u8, cfg: _Config):
+def _forward(x, R, state0, mask_u8, reset_u8, cfg: _Config):
     B, T, _, H, D = x.shape
     dev = x.device
     states = alloc((4, B, T + 1, H, D), dev)
@@ -382,43 +415,46 @@ def _forward(x, R, state0, mask_u8, cfg: _Config):
             states[k, :, 0] = state0[k]
     gates = alloc((B, T, 4, H, D), dev)
     y = alloc((B, T, H, D), dev, x.dtype)
-    sync, mask_arg, common = _launch_args(cfg, H, mask_u8, x.dtype, dev)
+    sync, mask_arg, reset_arg, common = _launch_args(cfg, H, mask_u8, reset_u8, x.dtype, dev)
     for b0, nb in cfg.waves(H):
         grid = (cfg.n_split, H, nb)
         if cfg.mode == "per_step":
             for t in range(T):
-                _slstm_fwd_kernel[grid](x, R, mask_arg, y, gates, states, sync, B, T, H, D, t, t + 1, b0,
+                _slstm_fwd_kernel[grid](x, R, mask_arg, reset_arg, y, gates, states, sync, B, T, H, D, t, t + 1, b0,
                                         SPLIT=True, BARRIER=False, **common)
         else:
             split = cfg.mode == "persistent"
-            _slstm_fwd_kernel[grid](x, R, mask_arg, y, gates, states, sync, B, T, H, D, 0, T, b0,
+            _slstm_fwd_kernel[grid](x, R, mask_arg, reset_arg, y, gates, states, sync, B, T, H, D, 0, T, b0,
                                     SPLIT=split, BARRIER=split, **common)
     return y, gates, states
 
 
-def _backward(R, gates, states, mask_u8, dy, dstate, cfg: _Config, x_dtype):
+def _backward(R, gates, states, mask_u8, reset_u8, dy, dstate, cfg: _Config, x_dtype):
     """dstate (4, B, H, D) holds the final-state gradients and is turned into the initial-state
     gradients in place. Returns dA (B, T, 4, H, D) float32 and dR (4, H, D, D) float32."""
     B, T, _, H, D = gates.shape
     dev = gates.device
     dA = alloc((B, T, 4, H, D), dev)
-    sync, mask_arg, common = _launch_args(cfg, H, mask_u8, x_dtype, dev)
+    sync, mask_arg, reset_arg, common = _launch_args(cfg, H, mask_u8, reset_u8, x_dtype, dev)
     for b0, nb in cfg.waves(H):
         grid = (cfg.n_split, H, nb)
         if cfg.mode == "per_step":
             for t in reversed(range(T)):
                 for phase in (1, 2):
-                    _slstm_bwd_kernel[grid](R, mask_arg, gates, states, dy, dA, dstate, sync,
+                    _slstm_bwd_kernel[grid](R, mask_arg, reset_arg, gates, states, dy, dA, dstate, sync,
                                             B, T, H, D, t, t + 1, b0,
                                             SPLIT=True, BARRIER=False, PHASE=phase, **common)
         else:
             split = cfg.mode == "persistent"
-            _slstm_bwd_kernel[grid](R, mask_arg, gates, states, dy, dA, dstate, sync,
+            _slstm_bwd_kernel[grid](R, mask_arg, reset_arg, gates, states, dy, dA, dstate, sync,
                                     B, T, H, D, 0, T, b0,
                                     SPLIT=split, BARRIER=split, PHASE=0, **common)
     # dR[g, head] = sum_{b,t} h_{t-1}^T dA_g, one batched product; kept in float32 under autocast
     with torch.autocast(device_type=dev.type, enabled=False):
-        h_prev = states[3, :, :T].permute(2, 3, 0, 1).reshape(H, D, B * T)  # (H, D, BT)
+        h_prev = states[3, :, :T]
+        if reset_u8 is not None:  # a document's first step saw h_{t-1} = 0
+            h_prev = h_prev.masked_fill(reset_u8.bool()[:, :, None, None], 0.0)
+        h_prev = h_prev.permute(2, 3, 0, 1).reshape(H, D, B * T)  # (H, D, BT)
         dA_r = dA.permute(3, 0, 1, 2, 4).reshape(H, B * T, 4 * D)  # (H, BT, 4D)
         dR = torch.bmm(h_prev, dA_r).reshape(H, D, 4, D).permute(2, 0, 1, 3)
     return dA, dR
@@ -427,7 +463,7 @@ def _backward(R, gates, states, mask_u8, dy, dstate, cfg: _Config, x_dtype):
 class _SLSTMTritonFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, R, c0, n0, m0, h0, mask_u8, overrides):
+    def forward(ctx, x, R, c0, n0, m0, h0, mask_u8, reset_u8, overrides):
         B, T, _, H, D = x.shape
         x = x.contiguous()
         R = R.contiguous()
@@ -436,8 +472,8 @@ class _SLSTMTritonFunction(torch.autograd.Function):
             state0 = [s.to(torch.float32) for s in (c0, n0, m0, h0)]
         cfg = _pick_config(B, H, D, x.device, interpreted(), overrides)
         with on_device_of(x):
-            y, gates, states = _forward(x, R, state0, mask_u8, cfg)
-        ctx.save_for_backward(R, gates, states, mask_u8)
+            y, gates, states = _forward(x, R, state0, mask_u8, reset_u8, cfg)
+        ctx.save_for_backward(R, gates, states, mask_u8, reset_u8)
         ctx.cfg = cfg
         ctx.x_dtype = x.dtype
         ctx.has_state0 = state0 is not None
@@ -446,7 +482,7 @@ class _SLSTMTritonFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy, dc, dn, dm, dh):
-        R, gates, states, mask_u8 = ctx.saved_tensors
+        R, gates, states, mask_u8, reset_u8 = ctx.saved_tensors
         B, T, _, H, D = gates.shape
         dev = gates.device
         dstate = torch.empty((4, B, H, D), device=dev, dtype=torch.float32)
@@ -458,13 +494,13 @@ class _SLSTMTritonFunction(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros((B, T, H, D), device=dev, dtype=ctx.x_dtype)
         with on_device_of(gates):
-            dA, dR = _backward(R, gates, states, mask_u8, dy.contiguous(), dstate, ctx.cfg, ctx.x_dtype)
+            dA, dR = _backward(R, gates, states, mask_u8, reset_u8, dy.contiguous(), dstate, ctx.cfg, ctx.x_dtype)
         dx = dA.to(ctx.x_dtype)
         dR = dR.to(R.dtype)
         d0 = (None,) * 4
         if ctx.has_state0:
             d0 = tuple(dstate[k] for k in range(4))
-        return (dx, dR) + d0 + (None, None)
+        return (dx, dR) + d0 + (None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,7 +547,7 @@ def _gpu_reason(props) -> str | None:
     return None
 
 
-def slstm_triton(x, R, initial_state=None, return_final_state=False, mask=None, *, _overrides=None):
+def slstm_triton(x, R, initial_state=None, return_final_state=False, mask=None, resets=None, *, _overrides=None):
     """sLSTM over a sequence with the fused Triton kernels (same contract as ``slstm``).
 
     x: (B, T, 4, H, D) input contributions W x_t + b, gates ordered i, f, z, o (fp32/fp16/bf16).
@@ -519,6 +555,8 @@ def slstm_triton(x, R, initial_state=None, return_final_state=False, mask=None, 
     initial_state: optional (c, n, m, h), each (B, H, D); None means zeros (m = 0 too).
     mask: optional (B, T) bool, True = real token; a False step keeps (c, n, m, h) and outputs
         the carried h.
+    resets: optional (B, T) bool, True at the first step of a new document: (c, n, m, h) are zero
+        just before it (before the mask; see ops.slstm).
     Returns h (B, T, H, D) in x's dtype, and with return_final_state the final (c, n, m, h),
     each (B, H, D) float32. Math and states are float32 whatever the input dtype; differentiable
     in x, R and the initial state.
@@ -533,16 +571,18 @@ def slstm_triton(x, R, initial_state=None, return_final_state=False, mask=None, 
         for s in initial_state:
             if tuple(s.shape) != (B, H, D):
                 raise ValueError(f"initial state tensors must be (B, H, D) = {(B, H, D)}, got {tuple(s.shape)}")
-    if mask is not None and tuple(mask.shape) != (B, T):
-        raise ValueError(f"mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
-    return run_slstm(x, R, initial_state, return_final_state, mask, _overrides)
+    for name, flags in (("mask", mask), ("resets", resets)):
+        if flags is not None and tuple(flags.shape) != (B, T):
+            raise ValueError(f"{name} must be (B, T) = {(B, T)}, got {tuple(flags.shape)}")
+    return run_slstm(x, R, initial_state, return_final_state, mask, _overrides, resets)
 
 
-def run_slstm(x, R, initial_state, return_final_state, mask, overrides=None):
+def run_slstm(x, R, initial_state, return_final_state, mask, overrides=None, resets=None):
     """slstm_triton without the input checks, for a caller that has just made them (ops.py)."""
     state0 = (None,) * 4 if initial_state is None else tuple(initial_state)
-    mask_u8 = None if mask is None else mask.to(device=x.device, dtype=torch.uint8).contiguous()
-    y, c, n, m, h = _SLSTMTritonFunction.apply(x, R, *state0, mask_u8, overrides)
+    mask_u8, reset_u8 = (None if flags is None else flags.to(device=x.device, dtype=torch.uint8).contiguous()
+                         for flags in (mask, resets))
+    y, c, n, m, h = _SLSTMTritonFunction.apply(x, R, *state0, mask_u8, reset_u8, overrides)
     if return_final_state:
         return y, (c, n, m, h)
     return y

@@ -19,7 +19,16 @@ from hf_xlstm.kernels import (
     mlstm_step_native,
     resolve_backend,
 )
-from kernel_checks import mlstm_oracle, rel_err
+from kernel_checks import (
+    PACKED_STARTS,
+    PACKED_T,
+    check_documents,
+    conditioned_qkv,
+    documents,
+    mlstm_oracle,
+    packed_resets,
+    rel_err,
+)
 
 B, H, K, V = 2, 2, 8, 16
 TOL = 1e-5  # fp32 against the float64 oracle, relative (see rel_err)
@@ -57,14 +66,7 @@ def true_form(state):
 
 def make_inputs(T, seed, gate_scale=1.0, with_state=False, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    # Keys share one direction u per head and each query is +-2u plus noise, so every q_t . k_s has
-    # the sign of q_t: the denominator |n^T q| never cancels to nearly zero (where h flips sign and
-    # no fp32 code could hold 1e-5) while both of its signs are still exercised.
-    u = F.normalize(torch.randn(B, H, 1, K, generator=g), dim=-1)
-    sign = torch.randint(0, 2, (B, H, T, 1), generator=g) * 2.0 - 1.0
-    q = 2 * sign * u + 0.3 * torch.randn(B, H, T, K, generator=g)
-    k = 2 * u + 0.3 * torch.randn(B, H, T, K, generator=g)
-    v = torch.randn(B, H, T, V, generator=g)
+    q, k, v, u = conditioned_qkv(g, B, H, T, K, V)
     if gate_scale == "wide":  # pre-activations spread over [-30, 30]
         i = torch.rand(B, H, T, generator=g) * 60 - 30
         f = torch.rand(B, H, T, generator=g) * 60 - 30
@@ -92,7 +94,7 @@ FORMS = {
 }
 
 
-def run_with_grads(fn, inputs, state, grads, double=False):
+def run_with_grads(fn, inputs, state, grads, double=False, resets=None):
     """Forward + backward with fixed upstream gradients on h and on the raw final state (C, n, m).
 
     Returns h, the final state and the gradients of (q, k, v, i, f) and, if given, (C0, n0, m0).
@@ -100,7 +102,8 @@ def run_with_grads(fn, inputs, state, grads, double=False):
     cast = (lambda t: t.detach().double()) if double else (lambda t: t.detach().clone())
     leaves = [cast(t).requires_grad_() for t in inputs]
     state_leaves = None if state is None else [cast(s).requires_grad_() for s in state]
-    h, final = fn(*leaves, initial_state=None if state is None else tuple(state_leaves), return_final_state=True)
+    h, final = fn(*leaves, initial_state=None if state is None else tuple(state_leaves), return_final_state=True,
+                  resets=resets)
     gh, gC, gn, gm = grads
     loss = (h.double() * gh).sum() + (final[0].double() * gC).sum() + (final[1].double() * gn).sum()
     loss = loss + (final[2].double() * gm).sum()
@@ -122,13 +125,13 @@ def upstream(T, seed):
 GRAD_NAMES = ["q", "k", "v", "i", "f", "C0", "n0", "m0"]
 
 
-def check_against_oracle(inputs, state, seed, tol, forms=FORMS):
+def check_against_oracle(inputs, state, seed, tol, forms=FORMS, resets=None):
     T = inputs[0].shape[2]
     grads = upstream(T, seed)
-    h_ref, s_ref, g_ref = run_with_grads(mlstm_oracle, inputs, state, grads, double=True)
+    h_ref, s_ref, g_ref = run_with_grads(mlstm_oracle, inputs, state, grads, double=True, resets=resets)
     true_ref = true_form(s_ref)
     for name, fn in forms.items():
-        h, s, g = run_with_grads(fn, inputs, state, grads)
+        h, s, g = run_with_grads(fn, inputs, state, grads, resets=resets)
         assert h.dtype == torch.float32 and all(x.dtype == torch.float32 for x in s), name
         assert rel_err(h, h_ref) <= tol, (name, "h", rel_err(h, h_ref))
         assert rel_err(s[2], s_ref[2]) <= tol, (name, "m", rel_err(s[2], s_ref[2]))
@@ -312,6 +315,103 @@ def test_bf16_in_bf16_out_fp32_state():
     q, k, v, i, f = (t[:, :, 0] for t in inputs)
     h, s = mlstm_step(q, k, v, i, f, state)
     assert h.dtype == torch.bfloat16 and all(x.dtype == torch.float32 for x in s)
+
+
+# ----------------------------------------------------------------------------- packed documents (resets)
+
+PACKED_FORMS = {**FORMS, "chunkwise5": partial(mlstm_chunkwise, chunk_size=5),
+                "chunkwise1": partial(mlstm_chunkwise, chunk_size=1)}
+
+
+def packed(fn):
+    """An mLSTM form in the calling convention of kernel_checks.check_documents."""
+    def run(xs, state, resets, mask):
+        return fn(*xs, initial_state=None if state is None else tuple(state), return_final_state=True, resets=resets)
+    return run
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("form", list(PACKED_FORMS))
+def test_packed_documents_equal_documents_alone(form, with_state):
+    """Each document of a packed row gives the outputs, input gradients and (last one) final state it
+    gives alone; no gradient crosses a boundary; a row that resets at 0 ignores its initial state."""
+    inputs, state = make_inputs(PACKED_T, 81, with_state=with_state)
+    resets = packed_resets(PACKED_T, *PACKED_STARTS)
+    r = check_documents(packed(PACKED_FORMS[form]), inputs, state, resets, tdim=2, seed=82)
+    for name in ("h", "final", "grad", "grad_state"):
+        assert r[name] <= TOL, (name, r)
+    assert r["state_grad_zero"] and r["cross_zero"], r
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_packed_documents_match_float64_recurrence(with_state):
+    inputs, state = make_inputs(PACKED_T, 83, with_state=with_state)
+    resets = packed_resets(PACKED_T, *PACKED_STARTS)
+    check_against_oracle(inputs, state, 83, TOL, PACKED_FORMS, resets=resets)
+
+
+def test_reset_restarts_the_stabilizer_at_zero():
+    """At a reset m restarts from 0 (m_t = max(lsig(f_t), i_t)), not from a forget gate of -inf
+    (m_t = i_t): with a very negative input gate the two differ, and only 0 is the document alone."""
+    T = 6
+    (q, k, v, i, f), state = make_inputs(T, 84, with_state=True)
+    i = i.clone()
+    i[..., 3] = -20.0
+    resets = packed_resets(T, (3,), (3,))
+    for name, fn in PACKED_FORMS.items():
+        _, (_, _, m) = fn(q, k, v, i, f, initial_state=state, return_final_state=True, resets=resets)
+        _, (_, _, m_alone) = fn(*(x[:, :, 3:] for x in (q, k, v, i, f)), return_final_state=True)
+        assert rel_err(m, m_alone) <= TOL, name
+        m3 = torch.maximum(F.logsigmoid(f[..., 3]), i[..., 3])
+        _, (_, _, m_one) = fn(*(x[:, :, 3:4] for x in (q, k, v, i, f)), return_final_state=True)
+        assert rel_err(m_one, m3) <= TOL, name
+
+
+def test_reset_on_masked_steps_applies_to_next_real_step():
+    """Padding between two documents (masked steps, i = -inf, f = +inf) with the reset on a pad: the
+    pads after it output 0 and carry the zero state, and the next document's real steps give what
+    that document gives alone; a reset on its first real step instead gives the same."""
+    T = 30
+    (q, k, v, i, f), state = make_inputs(T, 85, with_state=True)
+    i_m, f_m = masked_gates(i, f, slice(10, 14))
+    for name, fn in PACKED_FORMS.items():
+        h_b, s_b = fn(*(x[:, :, 14:] for x in (q, k, v, i, f)), return_final_state=True)
+        for start in (11, 14):
+            h, s = fn(q, k, v, i_m, f_m, initial_state=state, return_final_state=True,
+                      resets=packed_resets(T, (start,), (start,)))
+            assert torch.equal(h[:, :, start:14], torch.zeros_like(h[:, :, start:14])), name
+            assert rel_err(h[:, :, 14:], h_b) <= TOL, (name, start)
+            assert all(rel_err(a, b) <= TOL for a, b in zip(s, s_b)), (name, start)
+
+
+def test_no_reset_and_reset_at_zero_without_state_change_nothing():
+    (q, k, v, i, f), state = make_inputs(23, 86, with_state=True)
+    none = torch.zeros(B, 23, dtype=torch.bool)
+    at0 = packed_resets(23, (0,), (0,))
+    for name, fn in PACKED_FORMS.items():
+        h, s = fn(q, k, v, i, f, initial_state=state, return_final_state=True)
+        h0, s0 = fn(q, k, v, i, f, return_final_state=True)
+        for rs, (h_ref, s_ref) in ((none, (h, s)), (at0, (h0, s0))):
+            h1, s1 = fn(q, k, v, i, f, initial_state=state, return_final_state=True, resets=rs)
+            assert rel_err(h1, h_ref) <= TOL and all(rel_err(a, b) <= TOL for a, b in zip(s1, s_ref)), name
+
+
+def test_documents_of_a_row():
+    assert documents(packed_resets(6, (0, 2, 5))[0]) == [(0, 2), (2, 5), (5, 6)]
+    assert documents(packed_resets(6, (3,))[0]) == [(0, 3), (3, 6)]
+
+
+def test_bad_resets_raise():
+    (q, k, v, i, f), _ = make_inputs(5, 87)
+    with pytest.raises(TypeError, match="resets must be a bool tensor"):
+        mlstm(q, k, v, i, f, resets=torch.zeros(B, 5))
+    with pytest.raises(TypeError, match="resets must be a bool tensor"):
+        mlstm(q, k, v, i, f, resets=[[False] * 5] * B)
+    for shape in ((B, 4), (B, 1, 5), (5,)):
+        with pytest.raises(ValueError, match=r"resets must have shape \(B, T\)"):
+            mlstm(q, k, v, i, f, resets=torch.zeros(shape, dtype=torch.bool))
+    with pytest.raises(ValueError, match="resets must be on the inputs' device"):
+        mlstm(q, k, v, i, f, resets=torch.zeros(B, 5, dtype=torch.bool, device="meta"))
 
 
 # ----------------------------------------------------------------------------- errors, backend

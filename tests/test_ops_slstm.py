@@ -8,28 +8,31 @@ import torch
 import torch.nn.functional as F
 
 from hf_xlstm.kernels import slstm, slstm_native
-from kernel_checks import rel_err
+from kernel_checks import PACKED_STARTS, PACKED_T, check_documents, packed_resets, rel_err
 
 B, H, D = 2, 2, 8
 TOL = 1e-5
 STATE_NAMES = ("c", "n", "m", "h")
 
 
-def oracle(x, R, state=None, mask=None):
+def oracle(x, R, state=None, mask=None, resets=None):
     """float64 recurrence, one head at a time. A masked row is the unmasked recurrence over its real
-    steps only, with the carried h repeated at the skipped ones (the definition of skipping)."""
+    steps only, with the carried h repeated at the skipped ones (the definition of skipping). A reset
+    zeroes the state before its step, skipped or not."""
     x, R = x.double(), R.double()
     b_, T, _, h_, d_ = x.shape
     if state is None:
         state = tuple(torch.zeros(b_, h_, d_, dtype=torch.float64) for _ in range(4))
     state = tuple(s.double() for s in state)
-    if mask is not None:
+    if mask is not None or resets is not None:
         rows = []
         for b in range(b_):
             c, n, m, h = (s[b : b + 1] for s in state)
             outs = []
             for t in range(T):
-                if mask[b, t]:
+                if resets is not None and resets[b, t]:
+                    c, n, m, h = (torch.zeros_like(s) for s in (c, n, m, h))
+                if mask is None or mask[b, t]:
                     _, (c, n, m, h) = oracle(x[b : b + 1, t : t + 1], R, (c, n, m, h))
                 outs.append(h)
             rows.append((torch.stack(outs, 1), (c, n, m, h)))
@@ -74,11 +77,11 @@ def upstream(T, seed):
     ]
 
 
-def run_with_grads(fn, x, R, state, mask, grads, double=False):
+def run_with_grads(fn, x, R, state, mask, grads, double=False, resets=None):
     cast = (lambda t: t.detach().double()) if double else (lambda t: t.detach().clone())
     x, R = cast(x).requires_grad_(), cast(R).requires_grad_()
     st = None if state is None else tuple(cast(s).requires_grad_() for s in state)
-    h, final = fn(x, R, st, mask) if fn is oracle else fn(x, R, st, True, mask=mask)
+    h, final = fn(x, R, st, mask, resets) if fn is oracle else fn(x, R, st, True, mask=mask, resets=resets)
     gh, gs = grads
     loss = (h.double() * gh).sum() + sum((s.double() * g).sum() for s, g in zip(final, gs))
     loss.backward()
@@ -87,18 +90,19 @@ def run_with_grads(fn, x, R, state, mask, grads, double=False):
 
 
 FORMS = {
-    "native": lambda x, R, st, ret, mask=None: slstm_native(x, R, st, ret, mask=mask),
-    "ops": lambda x, R, st, ret, mask=None: slstm(x, R, st, ret, backend="native", mask=mask),
-    "ops_auto": lambda x, R, st, ret, mask=None: slstm(x, R, st, ret, mask=mask),
+    "native": lambda x, R, st, ret, mask=None, resets=None: slstm_native(x, R, st, ret, mask=mask, resets=resets),
+    "ops": lambda x, R, st, ret, mask=None, resets=None: slstm(x, R, st, ret, backend="native", mask=mask,
+                                                               resets=resets),
+    "ops_auto": lambda x, R, st, ret, mask=None, resets=None: slstm(x, R, st, ret, mask=mask, resets=resets),
 }
 GRAD_NAMES = ("x", "R") + tuple(f"{s}0" for s in STATE_NAMES)
 
 
-def check_against_oracle(x, R, state, mask, seed):
+def check_against_oracle(x, R, state, mask, seed, resets=None):
     grads = upstream(x.shape[1], seed)
-    h_ref, s_ref, g_ref = run_with_grads(oracle, x, R, state, mask, grads, double=True)
+    h_ref, s_ref, g_ref = run_with_grads(oracle, x, R, state, mask, grads, double=True, resets=resets)
     for name, fn in FORMS.items():
-        h, s, g = run_with_grads(fn, x, R, state, mask, grads)
+        h, s, g = run_with_grads(fn, x, R, state, mask, grads, resets=resets)
         assert h.dtype == torch.float32 and all(t.dtype == torch.float32 for t in s), name
         assert rel_err(h, h_ref) <= TOL, (name, "h", rel_err(h, h_ref))
         for label, a, b in zip(STATE_NAMES, s, s_ref):
@@ -171,6 +175,58 @@ def test_right_padding_keeps_last_real_state():
     for a, b in zip(s, s_short):
         assert torch.equal(a[1], b[1])
     assert torch.equal(h[1, real:], h_short[1, -1:].expand(T - real, H, D))
+
+
+def packed_mask(T):
+    """Padding around the packed documents of PACKED_STARTS: at row 0's start (before its first
+    reset), a reset on a padded step (row 0, step 16) and a pad at T - 1 (row 1)."""
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :2] = False
+    mask[0, 16:18] = False
+    mask[1, -1] = False
+    return mask
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_packed_documents(with_state, with_mask):
+    """Each document of a packed row gives the outputs, input gradients and (last one) final state it
+    gives alone; no gradient crosses a boundary; a row that resets at 0 ignores its initial state;
+    all of it matches the float64 recurrence."""
+    x, R, state = make_inputs(PACKED_T, 91, with_state)
+    resets = packed_resets(PACKED_T, *PACKED_STARTS)
+    mask = packed_mask(PACKED_T) if with_mask else None
+    check_against_oracle(x, R, state, mask, 91, resets)
+    for name, fn in FORMS.items():
+        def run(xs, st, rs, mk):
+            return fn(xs[0], R, None if st is None else tuple(st), True, mask=mk, resets=rs)
+        r = check_documents(run, [x], state, resets, tdim=1, seed=92, mask=mask)
+        for key in ("h", "final", "grad", "grad_state"):
+            assert r[key] <= TOL, (name, key, r)
+        assert r["state_grad_zero"] and r["cross_zero"], (name, r)
+
+
+def test_reset_zeroes_h_and_its_recurrent_input():
+    """The first step of a document sees h_{t-1} = 0: with R large, a reset step equals a first step."""
+    T = 5
+    x, R, state = make_inputs(T, 93, with_state=True)
+    R = R * 10
+    h, s = slstm(x, R, state, True, resets=packed_resets(T, (2,), (2,)))
+    h_alone, s_alone = slstm(x[:, 2:], R, None, True)
+    assert rel_err(h[:, 2:], h_alone) <= TOL
+    assert all(rel_err(a, b) <= TOL for a, b in zip(s, s_alone))
+    h_skip = slstm(x, R, state, resets=packed_resets(T, (2,), (2,)), mask=torch.zeros(B, T, dtype=torch.bool))
+    assert torch.equal(h_skip[:, 2:], torch.zeros_like(h_skip[:, 2:]))  # the zero state is carried
+
+
+def test_bad_resets_raise():
+    x, R, _ = make_inputs(4, 94)
+    with pytest.raises(TypeError, match="resets must be a bool tensor"):
+        slstm(x, R, resets=torch.zeros(B, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"resets must have shape \(B, T\)"):
+        slstm(x, R, resets=torch.zeros(B, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="resets must be on the inputs' device"):
+        slstm(x, R, resets=torch.zeros(B, 4, dtype=torch.bool, device="meta"))
 
 
 def test_bf16_in_bf16_out_fp32_state():

@@ -25,7 +25,18 @@ import warnings
 import pytest
 import torch
 
-from kernel_checks import mlstm_oracle, poison_kernel_buffers, rel_err, report, run_interpreted
+from kernel_checks import (
+    PACKED_STARTS,
+    PACKED_T,
+    check_documents,
+    conditioned_qkv,
+    mlstm_oracle,
+    packed_resets,
+    poison_kernel_buffers,
+    rel_err,
+    report,
+    run_interpreted,
+)
 
 NEG_INF, POS_INF = float("-inf"), float("inf")
 NAMES = ("h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
@@ -47,6 +58,17 @@ SEQ_CASES += [
     # Masked steps (i = -inf, f = +inf) at the very start without a state and in the middle.
     dict(T=70, init=False, L=16, dtype="float32", K=16, V=32, masked=True),
     dict(T=70, init=True, L=32, dtype="float32", K=16, V=32, masked=True),
+]
+# Packed documents (resets, PACKED_STARTS: boundaries at chunk starts and ends, inside chunks, at
+# T - 1, documents of length 1, many in one chunk; row 1 resets at 0), each document against itself
+# alone and the packed rows against the references. "masked": padding between documents with the
+# reset on a pad; "ops": through mlstm(backend="triton"), which must not fall back.
+RESET_CASES = [
+    dict(L=16, init=True, K=16, V=32),
+    dict(L=16, init=False, K=16, V=32),
+    dict(L=32, init=True, K=40, V=24, max_tile=16),
+    dict(L=16, init=True, K=16, V=32, masked=True),
+    dict(L=16, init=False, K=16, V=32, how="ops"),
 ]
 STEP_CASES = [
     dict(dtype=dt, state=st, K=K, V=V, max_tile=mt)
@@ -78,10 +100,10 @@ def _seq_inputs(c: dict, seed: int):
     return inputs
 
 
-def _run_seq(fn, inputs, L, seed):
+def _run_seq(fn, inputs, L, seed, resets=None):
     xs = [t.clone().requires_grad_() for t in inputs]
     st = tuple(xs[5:]) if len(xs) > 5 else None
-    h, (C, n, m) = fn(*xs[:5], initial_state=st, return_final_state=True, chunk_size=L)
+    h, (C, n, m) = fn(*xs[:5], initial_state=st, return_final_state=True, chunk_size=L, resets=resets)
     g = torch.Generator().manual_seed(seed)
     loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)).sum() for t in (h, C, n, m))
     loss.backward()
@@ -117,6 +139,52 @@ def _child_seq(c: dict, seed: int) -> dict:
         else:
             same = bool((C5 == 0).all() and (n5 == 0).all() and (m5 == 0).all())
         out["masked_prefix_keeps_state"] = same
+    return out
+
+
+def _child_resets(c: dict, seed: int) -> dict:
+    from hf_xlstm.kernels import mlstm, mlstm_native, mlstm_triton
+
+    g = torch.Generator().manual_seed(seed)
+    B, H, T = len(PACKED_STARTS), 2, PACKED_T
+    q, k, v, u = conditioned_qkv(g, B, H, T, c["K"], c["V"])
+    i = torch.randn(B, H, T, generator=g) * 2
+    f = torch.randn(B, H, T, generator=g) * 1.5 + 2
+    resets = packed_resets(T, *PACKED_STARTS)
+    if c.get("masked"):
+        resets[0, 16] = False
+        resets[0, 17] = True  # on a pad of 16..19
+        i[..., 16:20], f[..., 16:20] = NEG_INF, POS_INF
+    state = None
+    if c["init"]:
+        state = [torch.randn(B, H, c["K"], c["V"], generator=g),
+                 2 * u[:, :, 0] + 0.3 * torch.randn(B, H, c["K"], generator=g),  # n0 aligned like the keys
+                 torch.randn(B, H, generator=g)]
+    if c.get("how") == "ops":
+        def kernel(*args, **kw):
+            return mlstm(*args, backend="triton", **kw)
+    else:
+        kernel = mlstm_triton.mlstm_chunkwise_triton
+
+    def run(xs, st, rs, mask):
+        return kernel(*xs, initial_state=None if st is None else tuple(st), return_final_state=True,
+                      chunk_size=c["L"], resets=rs)
+
+    old = dict(mlstm_triton.TUNING)
+    mlstm_triton.TUNING["max_tile"] = c.get("max_tile", old["max_tile"])
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*using the native op")
+            out = check_documents(run, [q, k, v, i, f], state, resets, tdim=2, seed=seed + 1)
+            inputs = [q, k, v, i, f] + (state or [])
+            kern = _run_seq(kernel, inputs, c["L"], seed + 2, resets)
+    finally:
+        mlstm_triton.TUNING.update(old)
+    nat = _run_seq(mlstm_native.mlstm_chunkwise, inputs, c["L"], seed + 2, resets)
+    ref = _run_seq(mlstm_oracle, inputs, c["L"], seed + 2, resets)
+    out["vs_oracle"] = {n: rel_err(a, b, FLOOR) for n, a, b in zip(NAMES, kern, ref)}
+    out["vs_native"] = {n: rel_err(a, b, FLOOR) for n, a, b in zip(NAMES, kern, nat)}
+    out["native_vs_oracle"] = {n: rel_err(a, b, FLOOR) for n, a, b in zip(NAMES, nat, ref)}
     return out
 
 
@@ -191,6 +259,12 @@ def _child_main() -> None:
             res["seq"][case_id(c)] = _child_seq(c, 1000 + 10 * n)
         except Exception as e:  # reported by the test of that case
             res["seq"][case_id(c)] = {"error": repr(e)}
+    res["resets"] = {}
+    for n, c in enumerate(RESET_CASES):
+        try:
+            res["resets"][case_id(c)] = _child_resets(c, 3000 + 10 * n)
+        except Exception as e:
+            res["resets"][case_id(c)] = {"error": repr(e)}
     for n, c in enumerate(STEP_CASES):
         try:
             res["step"][case_id(c)] = _child_step(c, 5000 + n)
@@ -224,6 +298,21 @@ def test_chunkwise_matches_references(interp, case):
         assert r["vs_native"][n] <= tol + r["native_vs_oracle"][n], (n, r["vs_native"][n], r)
     if case.get("masked"):
         assert r["masked_prefix_keeps_state"]
+
+
+@pytest.mark.parametrize("case", RESET_CASES, ids=case_id)
+def test_packed_documents(interp, case):
+    """Every document of the packed rows as alone (h, input and state gradients, final state; fp32,
+    1e-5), exact zeros across boundaries, and the packed rows against the oracle and native op."""
+    r = interp["resets"][case_id(case)]
+    assert "error" not in r, r.get("error")
+    for n in ("h", "final", "grad", "grad_state"):
+        assert r[n] <= TOL["float32"], (n, r)
+    assert r["state_grad_zero"] and r["cross_zero"], r
+    names = NAMES if case["init"] else NAMES[:9]
+    for n in names:
+        assert r["vs_oracle"][n] <= TOL["float32"], (n, r["vs_oracle"][n], r)
+        assert r["vs_native"][n] <= TOL["float32"] + r["native_vs_oracle"][n], (n, r["vs_native"][n], r)
 
 
 @pytest.mark.parametrize("case", STEP_CASES, ids=case_id)

@@ -24,7 +24,16 @@ import warnings
 import pytest
 import torch
 
-from kernel_checks import poison_kernel_buffers, rel_err, report, run_interpreted
+from kernel_checks import (
+    PACKED_STARTS,
+    PACKED_T,
+    check_documents,
+    packed_resets,
+    poison_kernel_buffers,
+    rel_err,
+    report,
+    run_interpreted,
+)
 
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}  # 16-bit: rounding of x, R, h, dx, dR
 
@@ -50,6 +59,17 @@ CASES = [
     ("autocast_bf16_T17_state", 2, 17, 2, 8, "float32", True, False, None, "whole", "autocast"),
 ]
 CASE_NAMES = [c[0] for c in CASES]
+
+# Packed documents (resets at PACKED_STARTS: boundaries at chunk-like positions, inside, at T - 1,
+# documents of length 1; row 1 resets at 0): (name, H, D, initial_state, mask, overrides, expected
+# mode, how). The mask pads row 0's first steps and puts a reset on a padded step.
+RESET_CASES = [
+    ("resets_state", 2, 8, True, False, None, "whole", "direct"),
+    ("resets_mask", 2, 8, False, True, None, "whole", "direct"),
+    ("resets_split_state_mask", 1, 40, True, True, {"block_n": 16}, "per_step", "direct"),
+    ("resets_ops_state_mask", 2, 8, True, True, None, "whole", "ops"),
+]
+RESET_NAMES = [c[0] for c in RESET_CASES]
 
 
 def _kernel_module():
@@ -119,11 +139,63 @@ def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expecte
     return {"name": name, "errors": errors, "mode": chosen["mode"], "dtypes_ok": dtypes_ok}
 
 
+def _run_reset_case(name, H, D, with_state, with_mask, overrides, expected_mode, how) -> dict:
+    """Each document against itself alone through the kernel, and the packed rows against the
+    native op (output, final state, gradients of x, R and the initial state)."""
+    from hf_xlstm.kernels import slstm
+    from hf_xlstm.kernels.slstm_native import slstm_native
+
+    K = _kernel_module()
+    B, T = len(PACKED_STARTS), PACKED_T
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    x = torch.randn(B, T, 4, H, D, generator=g)
+    R = torch.randn(4, H, D, D, generator=g) / D**0.5
+    state = None
+    if with_state:
+        state = [torch.randn(B, H, D, generator=g), torch.rand(B, H, D, generator=g) + 0.5,
+                 torch.randn(B, H, D, generator=g), 0.5 * torch.randn(B, H, D, generator=g)]
+    resets = packed_resets(T, *PACKED_STARTS)
+    mask = None
+    if with_mask:
+        mask = torch.ones(B, T, dtype=torch.bool)
+        mask[0, :2] = mask[0, 16:18] = mask[1, -1] = False
+
+    def kernel(xs, st, rs, mk, R=R):
+        st = None if st is None else tuple(st)
+        if how == "ops":
+            return slstm(xs[0], R, st, True, backend="triton", mask=mk, resets=rs)
+        return K.slstm_triton(xs[0], R, st, True, mk, rs, _overrides=overrides)
+
+    def native(xs, st, rs, mk, R=R):
+        return slstm_native(xs[0], R, None if st is None else tuple(st), True, mk, rs)
+
+    poison_kernel_buffers()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*using the native op")
+        out = check_documents(kernel, [x], state, resets, tdim=1, seed=1, mask=mask)
+        out["mode"] = K._pick_config(B, H, D, x.device, K.interpreted(), overrides).mode
+
+        def packed(fn):
+            leaves = [x.clone().requires_grad_(), R.clone().requires_grad_()]
+            st = None if state is None else [s.clone().requires_grad_() for s in state]
+            y, final = fn(leaves[:1], st, resets, mask, R=leaves[1])
+            gen = torch.Generator().manual_seed(2)
+            loss = sum((t.double() * torch.randn(t.shape, generator=gen, dtype=torch.float64)).sum()
+                       for t in (y, *final))
+            return [y, *final] + list(torch.autograd.grad(loss, leaves + (st or [])))
+
+        out["vs_native"] = [rel_err(a, b) for a, b in zip(packed(kernel), packed(native))]
+    out["name"] = name
+    return out
+
+
 def _worker() -> None:
     torch.set_num_threads(2)
     assert _kernel_module().interpreted(), "the child must import the kernels under TRITON_INTERPRET=1"
     for case in CASES:
         report(_run_case(*case))
+    for case in RESET_CASES:
+        report(_run_reset_case(*case))
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +218,19 @@ def test_kernel_matches_native(interpreter_results, case):
     assert set(r["errors"]) == expected
     bad = {k: e for k, e in r["errors"].items() if not e <= TOL[dtype]}  # NaN fails too
     assert not bad, f"{name}: errors over {TOL[dtype]}: {bad}"
+
+
+@pytest.mark.parametrize("case", RESET_CASES, ids=RESET_NAMES)
+def test_packed_documents(interpreter_results, case):
+    """Every document of the packed rows as alone (h, gradients of x and the initial state, final
+    state; fp32, 1e-5), exact zeros across boundaries, the packed rows as the native op."""
+    r = interpreter_results[case[0]]
+    assert r["mode"] == case[6]
+    for n in ("h", "final", "grad", "grad_state"):
+        assert r[n] <= TOL["float32"], (n, r)
+    assert r["state_grad_zero"] and r["cross_zero"], r
+    assert len(r["vs_native"]) == (11 if case[3] else 7)
+    assert all(e <= TOL["float32"] for e in r["vs_native"]), r
 
 
 def test_interpreter_does_not_leak():
