@@ -119,18 +119,33 @@ def test_tokenizer_and_packing():
     text = "naïve → ünïcödé bytes\t"  # nothing in training: byte-level, so still lossless
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     docs = Dataset.from_dict({"text": texts[:3]})
-    blocks = pack_documents(docs, tokenizer, block_size=8)
     stream = list(np.concatenate([tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts[:3]]))
     n = len(stream) // 8
-    assert blocks["input_ids"] == [stream[i * 8:(i + 1) * 8] for i in range(n)]
-    assert blocks["labels"] == blocks["input_ids"]
+    plain = pack_documents(docs, tokenizer, block_size=8, boundaries=False)
+    assert plain["input_ids"] == [stream[i * 8:(i + 1) * 8] for i in range(n)]
+    assert plain["labels"] == plain["input_ids"] and "position_ids" not in plain.column_names
+    # with document boundaries (the default): positions restart after every eos and at each block start; the first
+    # token of a document is not a target (nothing before it in its document predicts it)
+    blocks = pack_documents(docs, tokenizer, block_size=8)
+    assert blocks["input_ids"] == plain["input_ids"]
+    eos = tokenizer.eos_token_id
+    for ids, positions, labels in zip(blocks["input_ids"], blocks["position_ids"], blocks["labels"]):
+        expected, p = [], 0
+        for token in ids:
+            expected.append(p)
+            p = 0 if token == eos else p + 1
+        assert positions == expected
+        assert labels == [-100 if t and p == 0 else token for t, (token, p) in enumerate(zip(ids, positions))]
+    assert sum(p == 0 for row in blocks["position_ids"] for p in row[1:]) >= 2  # documents start inside blocks
 
 
 def test_unigram_perplexity_by_hand():
     train = Dataset.from_dict({"input_ids": [[0, 0, 1, 2]]})
-    evaluation = Dataset.from_dict({"input_ids": [[3, 0, 1], [1, 2, 2]]})
-    # add-one counts over a vocabulary of 4: token 0 -> 3, 1 -> 2, 2 -> 2, 3 -> 1 (total 8); targets 0 1 2 2
-    nll = -(math.log(3 / 8) + math.log(2 / 8) + 2 * math.log(2 / 8)) / 4
+    evaluation = Dataset.from_dict({"input_ids": [[3, 0, 1, 3], [1, 2, 2, 0]], "labels": [[3, 0, 1, -100],
+                                                                                        [1, 2, 2, 0]]})
+    # add-one counts over a vocabulary of 4: token 0 -> 3, 1 -> 2, 2 -> 2, 3 -> 1 (total 8); the targets are the
+    # labels after each block's first position, -100 left out: 0 1 2 2 0
+    nll = -(2 * math.log(3 / 8) + math.log(2 / 8) + 2 * math.log(2 / 8)) / 5
     assert unigram_perplexity(train, evaluation, vocab_size=4) == pytest.approx(math.exp(nll), rel=1e-12)
 
 

@@ -190,10 +190,15 @@ def load_tokenizer(source, what: str = "the model"):
 
 
 # ---------------------------------------------------------------------------------------------------- packing
-def pack_documents(documents, tokenizer, block_size: int, what: str = "the data"):
+def pack_documents(documents, tokenizer, block_size: int, what: str = "the data", boundaries: bool = True):
     """Tokenize, end every document with eos, concatenate and cut into blocks of `block_size` tokens.
-    Columns: input_ids, labels (the same ids). Documents are concatenated in groups of 2000 (memory stays bounded
-    on large corpora); each group's tail that does not fill a block is dropped. Text too short for one block is an
+
+    Columns: input_ids, labels, and with `boundaries` (the default) position_ids that restart at 0 at the first
+    token of every document (and at each block's start): the model starts every document from the zero state, as
+    if it were alone, so no state flows from one document into the next, and the first token of a document,
+    which nothing before it in the block could predict, has label -100. Without `boundaries`: labels are the ids
+    and documents run into each other. Documents are concatenated in groups of 2000 (memory stays bounded on
+    large corpora); each group's tail that does not fill a block is dropped. Text too short for one block is an
     error naming `what`."""
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -207,7 +212,18 @@ def pack_documents(documents, tokenizer, block_size: int, what: str = "the data"
         ids = list(chain.from_iterable(batch["input_ids"]))
         n = len(ids) // block_size * block_size
         blocks = [ids[i: i + block_size] for i in range(0, n, block_size)]
-        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+        if not boundaries:
+            return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+        positions, labels = [], []
+        for block in blocks:
+            position, block_positions = 0, []
+            for t, token in enumerate(block):
+                block_positions.append(position)
+                position = 0 if token == eos else position + 1  # the token after an eos starts a document
+            positions.append(block_positions)
+            labels.append([-100 if p == 0 and t > 0 else token for t, (token, p) in enumerate(zip(block,
+                                                                                               block_positions))])
+        return {"input_ids": blocks, "labels": labels, "position_ids": positions}
 
     tokenized = documents.map(tokenize, batched=True, remove_columns=documents.column_names)
     blocks = tokenized.map(group, batched=True, batch_size=2000)

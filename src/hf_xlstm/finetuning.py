@@ -82,13 +82,14 @@ def prepare_model(model, lora: bool | Any = False, **lora_kwargs):
 def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *, eval_blocks=None,
              lora: bool | Any = False, lora_options: dict | None = None, merge: bool = True, block_size: int = 256,
              train_files: Sequence[str] | None = None, dataset_name: str | None = None,
-             dataset_config_name: str | None = None, text_column: str = "text", args=None,
-             **training_args) -> dict[str, Any]:
+             dataset_config_name: str | None = None, text_column: str = "text", document_boundaries: bool = True,
+             args=None, **training_args) -> dict[str, Any]:
     """Fine-tune the saved model in `model_dir` with Trainer and save the result to `output_dir`.
 
     Data: `train_blocks` (a Dataset with input_ids/labels of equal length), or text from `train_files` (one
     document per .txt/.md/.py file, or rows of .json/.jsonl/.csv/.parquet) or the train split of `dataset_name`,
-    packed into `block_size`-token blocks with the folder's tokenizer (hf_xlstm.data).
+    packed into `block_size`-token blocks with the folder's tokenizer (hf_xlstm.data), each document starting
+    from the zero state unless document_boundaries is False.
     lora: False (all weights), True (LoRA with `lora_config(config, **lora_options)`) or a peft LoraConfig.
     Saved: full -> the model and tokenizer in output_dir; LoRA -> the adapter in output_dir/adapter and, with
     `merge`, the merged model and tokenizer in output_dir (a folder like any other: evaluate it, fine-tune again).
@@ -115,7 +116,8 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
             documents = text_column_only(load_dataset(dataset_name, dataset_config_name, split="train"), text_column)
         else:
             documents = read_documents(train_files, text_column)
-        train_blocks = pack_documents(documents, tokenizer, block_size, "the fine-tuning text")
+        train_blocks = pack_documents(documents, tokenizer, block_size, "the fine-tuning text",
+                                      boundaries=document_boundaries)
     base = xLSTMForCausalLM.from_pretrained(model_dir)
     if len(tokenizer) > base.config.vocab_size:
         raise ValueError(f"The tokenizer in {model_dir} has {len(tokenizer)} tokens but the model only "
@@ -167,6 +169,9 @@ class FinetuneArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
     text_column: str = field(default="text", metadata={"help": "Column with the text."})
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
+    document_boundaries: bool = field(default=True, metadata={
+        "help": "Each packed document starts from the zero state (position_ids restart at 0); false: documents "
+                "run into each other."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 * rank)."})
@@ -228,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics = finetune(args.model_name_or_path, training_args.output_dir, lora=args.lora, lora_options=lora_options,
                        merge=args.merge, block_size=args.block_size, train_files=args.train_files,
                        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-                       text_column=args.text_column, args=training_args)
+                       text_column=args.text_column, document_boundaries=args.document_boundaries,
+                       args=training_args)
     for step, loss in metrics["losses"]:
         print(f"step {step:5d}  loss {loss:.4f}")
     print(f"saved to {training_args.output_dir}")

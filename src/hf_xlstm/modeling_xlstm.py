@@ -80,9 +80,12 @@ class MultiHeadLayerNorm(nn.Module):
 class CausalConv1d(nn.Module):
     """Depthwise causal conv over time. With a cache it continues from the last `kernel_size - 1` inputs.
 
-    forward(x (B,T,C), window (B,k-1,C) or None, mask (B,T) bool or None) -> (y (B,T,C), new window).
+    forward(x (B,T,C), window (B,k-1,C) or None, mask (B,T) bool or None, resets (B,T) bool or None)
+    -> (y (B,T,C), new window).
     Padded inputs are zeroed (what a fresh sequence sees before its first token) and are not kept in the
-    window, so padding leaves the window exactly as it was.
+    window, so padding leaves the window exactly as it was. At a reset (a document start) the conv sees zeros
+    before it, as a fresh sequence does: taps that reach back past the start are left out, and a window entry
+    older than the last start is stored as zero.
     """
 
     def __init__(self, channels: int, kernel_size: int):
@@ -91,7 +94,7 @@ class CausalConv1d(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x, window=None, mask=None):
+    def forward(self, x, window=None, mask=None, resets=None):
         B, T, C = x.shape
         k = self.kernel_size
         if mask is not None:
@@ -100,17 +103,31 @@ class CausalConv1d(nn.Module):
             window = x.new_zeros(B, k - 1, C)
         xx = torch.cat([window.to(x.dtype), x], dim=1)  # (B, k-1+T, C)
         # k shifted multiply-adds: as fast as F.conv1d for long T, and far faster for the T=1 decode step,
-        # where a depthwise conv call costs milliseconds of setup on CPU
+        # where a depthwise conv call costs milliseconds of setup on CPU. Tap j reaches back k-1-j steps.
         taps = self.weight[:, 0, :]  # (C, k)
-        y = self.bias + sum(xx[:, j: j + T] * taps[:, j] for j in range(k))
+        if resets is None:
+            y = self.bias + sum(xx[:, j: j + T] * taps[:, j] for j in range(k))
+        else:
+            steps = torch.arange(T, device=x.device)
+            start = torch.where(resets, steps, -1).cummax(dim=1).values  # last document start at or before t
+            since_start = torch.where(start >= 0, steps - start, k)  # (B, T); k: no start in this chunk
+            y = self.bias + sum(xx[:, j: j + T] * taps[:, j] * (since_start >= k - 1 - j)[..., None].to(x.dtype)
+                                for j in range(k))
         if mask is None:
-            return y, xx[:, xx.shape[1] - (k - 1):]
-        # keep the last k-1 real inputs: rank positions by (is real) * (position + 1); the old window's
-        # k-1 entries count as real, so there are always enough
-        real = torch.cat([mask.new_ones(B, k - 1), mask], dim=1)
-        key = real * torch.arange(1, k + T, device=x.device)
-        keep = key.topk(k - 1, dim=1).values.flip(1) - 1  # ascending positions
-        return y, xx.gather(1, keep[..., None].expand(B, k - 1, C))
+            keep = torch.arange(T, T + k - 1, device=x.device).expand(B, k - 1)  # positions in xx
+        else:
+            # keep the last k-1 real inputs: rank positions by (is real) * (position + 1); the old window's
+            # k-1 entries count as real, so there are always enough
+            real = torch.cat([mask.new_ones(B, k - 1), mask], dim=1)
+            key = real * torch.arange(1, k + T, device=x.device)
+            keep = key.topk(k - 1, dim=1).values.flip(1) - 1  # ascending positions
+        new_window = xx.gather(1, keep[..., None].expand(B, k - 1, C))
+        if resets is not None:
+            # what lies before the last document start is not the next step's past
+            last = start[:, -1:]
+            last_start = torch.where(last >= 0, last + (k - 1), -1)  # in xx positions; -1: no start in the chunk
+            new_window = new_window * (keep >= last_start)[..., None].to(x.dtype)
+        return y, new_window
 
 
 class HeadwiseLinear(nn.Module):
@@ -158,8 +175,9 @@ class GatedFeedForward(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- sequence mixers
-def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, cache_layer: xLSTMCacheLayer | None) -> torch.Tensor:
-    """Shared by both mLSTM mixers. q, k (B,T,H*K), v (B,T,H*V), i, f (B,T,H) -> h (B,T,H,V)."""
+def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, resets, cache_layer: xLSTMCacheLayer | None) -> torch.Tensor:
+    """Shared by both mLSTM mixers. q, k (B,T,H*K), v (B,T,H*V), i, f (B,T,H) -> h (B,T,H,V).
+    resets (B,T) bool: document starts, where the state restarts from zero."""
     B, T, _ = q.shape
     H = config.num_heads
     q, k, v = (t.reshape(B, T, H, -1).transpose(1, 2) for t in (q, k, v))  # (B,H,T,*)
@@ -172,13 +190,16 @@ def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, cache_layer: xLSTMCache
     state = cache_layer.get_state() if cache_layer is not None else None
     kwargs = dict(backend=config.backend, eps=config.mlstm_eps)
     if T == 1 and state is not None:
+        if resets is not None:  # one token: a document start is the zero state before the step
+            carry = (~resets[:, 0]).to(torch.float32)
+            state = tuple(s * carry.view(B, *[1] * (s.ndim - 1)) for s in state)
         h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, **kwargs)
         h = h[:, :, None]
     elif cache_layer is not None:
         h, state = mlstm(q, k, v, i, f, initial_state=state, return_final_state=True,
-                         chunk_size=config.chunk_size, **kwargs)
+                         chunk_size=config.chunk_size, resets=resets, **kwargs)
     else:
-        h = mlstm(q, k, v, i, f, chunk_size=config.chunk_size, **kwargs)
+        h = mlstm(q, k, v, i, f, chunk_size=config.chunk_size, resets=resets, **kwargs)
     if cache_layer is not None:
         cache_layer.set_state(state)
     return h.transpose(1, 2)  # (B,T,H,V)
@@ -204,13 +225,14 @@ class mLSTMPaperLayer(nn.Module):
         self.skip = nn.Parameter(torch.ones(Di))
         self.down_proj = OutProjection(Di, D, bias=False)
 
-    def forward(self, x, mask=None, cache_layer=None):
+    def forward(self, x, mask=None, resets=None, cache_layer=None):
         x_m, z = self.up_proj(x).chunk(2, dim=-1)  # (B,T,Di) each
-        x_c, window = self.conv(x_m, cache_layer.get_conv_window() if cache_layer is not None else None, mask)
+        x_c, window = self.conv(x_m, cache_layer.get_conv_window() if cache_layer is not None else None, mask,
+                                resets)
         x_c = F.silu(x_c)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
         gate_in = torch.cat([q, k, v], dim=-1)
-        h = _run_mlstm(self.config, q, k, v, self.igate(gate_in), self.fgate(gate_in), mask, cache_layer)
+        h = _run_mlstm(self.config, q, k, v, self.igate(gate_in), self.fgate(gate_in), mask, resets, cache_layer)
         if cache_layer is not None:
             cache_layer.set_conv_window(window)
         h = self.out_norm(h) + self.skip * x_c
@@ -234,10 +256,10 @@ class mLSTMLargeLayer(nn.Module):
         self.out_norm = MultiHeadLayerNorm(H, config.v_size // H, eps=config.norm_eps, bias=bias)
         self.out_proj = OutProjection(config.v_size, D, bias=bias)
 
-    def forward(self, x, mask=None, cache_layer=None):
+    def forward(self, x, mask=None, resets=None, cache_layer=None):
         cap = self.config.gate_soft_cap
         i, f = soft_cap(self.igate(x), cap), soft_cap(self.fgate(x), cap)
-        h = _run_mlstm(self.config, self.q(x), self.k(x), self.v(x), i, f, mask, cache_layer)
+        h = _run_mlstm(self.config, self.q(x), self.k(x), self.v(x), i, f, mask, resets, cache_layer)
         h = self.out_norm(h) * torch.sigmoid(self.ogate(x))
         return self.out_proj(h)
 
@@ -262,16 +284,17 @@ class sLSTMPaperLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(4, H, Dh))
         self.out_norm = MultiHeadLayerNorm(H, Dh, eps=config.norm_eps)
 
-    def forward(self, x, mask=None, cache_layer=None):
+    def forward(self, x, mask=None, resets=None, cache_layer=None):
         B, T, D = x.shape
         H = self.config.num_heads
-        x_c, window = self.conv(x, cache_layer.get_conv_window() if cache_layer is not None else None, mask)
+        x_c, window = self.conv(x, cache_layer.get_conv_window() if cache_layer is not None else None, mask, resets)
         x_c = F.silu(x_c)
         gates = torch.stack([self.igate(x_c), self.fgate(x_c), self.zgate(x), self.ogate(x)], dim=2)
         gates = gates.reshape(B, T, 4, H, D // H) + self.bias.to(gates.dtype)
         state = cache_layer.get_state() if cache_layer is not None else None
         out = slstm(gates, self.recurrent_kernel.to(gates.dtype), initial_state=state,
-                    return_final_state=cache_layer is not None, backend=self.config.backend, mask=mask)
+                    return_final_state=cache_layer is not None, backend=self.config.backend, mask=mask,
+                    resets=resets)
         if cache_layer is not None:
             h, state = out
             cache_layer.set_state(state)
@@ -285,9 +308,9 @@ class sLSTMPaperLayer(nn.Module):
 class _Block(GradientCheckpointingLayer):
     """x + mixer(norm(x)), then, where the block has one, x + ffn(ffn_norm(x))."""
 
-    def forward(self, hidden_states, mask=None, cache=None):
+    def forward(self, hidden_states, mask=None, cache=None, resets=None):
         cache_layer = cache.layers[self.block_idx] if cache is not None else None
-        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, cache_layer)
+        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, resets, cache_layer)
         if self.ffn is not None:
             hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states))
         return hidden_states
@@ -423,6 +446,42 @@ class xLSTMPreTrainedModel(PreTrainedModel):
 
 
 # ---------------------------------------------------------------------------------------------------- models
+def document_starts(B: int, T: int, position_ids=None, seq_idx=None, cu_seq_lens_q=None, cu_seq_lens_k=None):
+    """(B, T) bool, True at the first token of each document of packed rows (its states start from zero there),
+    from what transformers' DataCollatorWithFlattening passes: `position_ids` that restart at 0 (what it always
+    returns), `seq_idx` (return_seq_idx=True: a document number per token) or `cu_seq_lens_q` / `_k`
+    (return_flash_attn_kwargs=True: cumulative lengths over the flattened batch). None when none is given.
+    Boundaries that cannot be meant are errors, never a silent fallback to states flowing across documents."""
+    def check_steps(name, value):
+        if value.ndim != 2 or tuple(value.shape) != (B, T):
+            raise ValueError(f"{name} must be (batch, seq_len) = ({B}, {T}) like input_ids, got shape "
+                             f"{tuple(value.shape)}.")
+
+    starts = None
+    if position_ids is not None:
+        check_steps("position_ids", position_ids)
+        starts = position_ids == 0
+    elif seq_idx is not None:
+        check_steps("seq_idx", seq_idx)
+        starts = torch.ones(B, T, dtype=torch.bool, device=seq_idx.device)
+        starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    for name, cu in (("cu_seq_lens_q", cu_seq_lens_q), ("cu_seq_lens_k", cu_seq_lens_k)):
+        if cu is None:
+            continue
+        cu = cu.reshape(-1).long()
+        if cu.numel() < 2 or cu[0] != 0 or bool((cu[1:] <= cu[:-1]).any()) or cu[-1] != B * T:
+            raise ValueError(f"{name} must start at 0, increase strictly and end at the number of tokens {B * T} "
+                             f"(batch x seq_len), got {cu.tolist()}.")
+        from_cu = torch.zeros(B * T, dtype=torch.bool, device=cu.device)
+        from_cu[cu[:-1]] = True
+        from_cu = from_cu.view(B, T)
+        if starts is None:
+            starts = from_cu
+        elif not torch.equal(starts, from_cu.to(starts.device)):
+            raise ValueError(f"{name} and the position_ids / seq_idx given with it mark different document starts.")
+    return starts
+
+
 class xLSTMModel(xLSTMPreTrainedModel):
     """Embedding -> blocks -> final norm. No positional encoding: the recurrences carry order."""
 
@@ -453,12 +512,22 @@ class xLSTMModel(xLSTMPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: xLSTMCache | None = None,
+        position_ids: torch.LongTensor | None = None,
+        seq_idx: torch.Tensor | None = None,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ) -> tuple | BaseModelOutputWithPast:
         r"""
         input_ids (B, T) or inputs_embeds (B, T, D); attention_mask (B, T) or (B, past + T) with 1 for real tokens
         and 0 for padding; cache: an `xLSTMCache` to continue from (streaming / generation), also accepted as
         `past_key_values` (its name before transformers 5.24). The output carries it under the name the installed
         transformers uses (`cache`, or `past_key_values` before 5.24).
+        Packed sequences (document boundaries, e.g. from DataCollatorWithFlattening): position_ids (B, T) that
+        restart at 0, or seq_idx (B, T), or cu_seq_lens_q / cu_seq_lens_k; at each document start every state of
+        every block is the zero state and the convs see zeros before it, as if the document were alone.
+        max_length_q / max_length_k (attention kernel sizes) carry no information a recurrence needs.
         """
         cache = resolve_cache(cache, past_key_values)
         if output_attentions:
@@ -510,6 +579,10 @@ class xLSTMModel(xLSTMPreTrainedModel):
             raise ValueError(f"The cache holds states for batch size {cache.batch_size}, but the input has batch size "
                              f"{B}. Use a new cache (or reorder it) for a different batch.")
 
+        resets = document_starts(B, T, position_ids, seq_idx, cu_seq_lens_q, cu_seq_lens_k)
+        if resets is not None:
+            resets = resets.to(inputs_embeds.device)
+
         mask = None
         if attention_mask is not None:
             if attention_mask.ndim != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past_length + T):
@@ -523,7 +596,7 @@ class xLSTMModel(xLSTMPreTrainedModel):
         for block in self.blocks:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states = block(hidden_states, mask=mask, cache=cache)
+            hidden_states = block(hidden_states, mask=mask, cache=cache, resets=resets)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
@@ -640,11 +713,18 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: xLSTMCache | None = None,
+        position_ids: torch.LongTensor | None = None,
+        seq_idx: torch.Tensor | None = None,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
         **loss_kwargs,
     ) -> tuple | CausalLMOutputWithPast:
         r"""
         cache: an `xLSTMCache` to continue from (also accepted as `past_key_values`, its name before
         transformers 5.24).
+        position_ids / seq_idx / cu_seq_lens_q / cu_seq_lens_k: document boundaries of packed rows (see xLSTMModel).
         labels (B, T): token ids to predict, shifted inside (labels = input_ids works); -100 is ignored.
         logits_to_keep: compute logits only for the last that many positions (0 = all).
         loss_kwargs: what Trainer passes to the loss, and nothing else (any other keyword is a TypeError):
@@ -662,6 +742,7 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             cache=resolve_cache(cache, past_key_values), use_cache=use_cache,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
+            position_ids=position_ids, seq_idx=seq_idx, cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:

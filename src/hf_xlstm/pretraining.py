@@ -90,6 +90,9 @@ class DataArguments:
     validation_fraction: float = field(default=0.05, metadata={
         "help": "Fraction of documents held out when the data has no validation split."})
     block_size: int = field(default=128, metadata={"help": "Tokens per packed training block."})
+    document_boundaries: bool = field(default=True, metadata={
+        "help": "Packed blocks carry position_ids that restart at every document, so each document starts from "
+                "the zero state (no state flows across documents); false: documents run into each other."})
     max_eval_blocks: int | None = field(default=256, metadata={"help": "Evaluate on at most this many blocks."})
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
         "help": "Prompts for the sample generations printed at the end."})
@@ -150,12 +153,12 @@ def parse_args(argv: Sequence[str] | None = None):
 # ---------------------------------------------------------------------------------------------------- baseline
 def unigram_perplexity(train_blocks: Dataset, eval_blocks: Dataset, vocab_size: int) -> float:
     """Perplexity of an add-one-smoothed unigram model (token frequencies of the training blocks) on the tokens
-    the language model predicts in `eval_blocks` (every position but the first of each block)."""
+    the language model predicts in `eval_blocks` (the labels after each block's first position, -100 left out)."""
     train_ids = np.asarray(train_blocks["input_ids"], dtype=np.int64).ravel()
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
     log_p = np.log(counts / counts.sum())
-    targets = np.asarray(eval_blocks["input_ids"], dtype=np.int64)[:, 1:].ravel()
-    return float(np.exp(-log_p[targets].mean()))
+    targets = np.asarray(eval_blocks["labels"], dtype=np.int64)[:, 1:].ravel()
+    return float(np.exp(-log_p[targets[targets != -100]].mean()))
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -340,8 +343,10 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
         seed=training_args.seed)
     tokenizer = _tokenizer(model_args, docs, training_args, resume)
     with training_args.main_process_first(desc="pack documents"):
-        train_blocks = pack_documents(docs["train"], tokenizer, data_args.block_size, "the training split")
-        eval_blocks = pack_documents(docs["validation"], tokenizer, data_args.block_size, "the held-out split")
+        train_blocks, eval_blocks = (pack_documents(docs[split], tokenizer, data_args.block_size, what,
+                                                    boundaries=data_args.document_boundaries)
+                                     for split, what in (("train", "the training split"),
+                                                         ("validation", "the held-out split")))
     if data_args.max_eval_blocks is not None and len(eval_blocks) > data_args.max_eval_blocks:
         eval_blocks = eval_blocks.select(range(data_args.max_eval_blocks))
     baseline = unigram_perplexity(train_blocks, eval_blocks, len(tokenizer))
