@@ -107,3 +107,55 @@ def test_bad_boundaries_are_refused(model):
             model(ids, cu_seq_lens_q=torch.tensor(bad, dtype=torch.int32))
     with pytest.raises(ValueError, match="mark different document starts"):
         model(ids, position_ids=_positions(LENGTHS), cu_seq_lens_q=torch.tensor([0, 3, T], dtype=torch.int32))
+
+
+def test_a_documents_loss_has_its_parameter_gradients_alone(model):
+    model.train()
+    docs = _documents(seed=4)
+    row = torch.cat(docs)[None]
+    start = sum(LENGTHS[:2])
+    third = docs[2]
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    labels = torch.full_like(row, -100)
+    labels[0, start + 1: start + len(third)] = third[1:]  # the third document's loss (its first token: no target)
+    packed = grads(model(row, labels=labels, position_ids=_positions(LENGTHS)).loss)
+    alone = grads(model(third[None], labels=third[None]).loss)
+    assert packed.keys() == alone.keys()
+    for name in alone:
+        torch.testing.assert_close(packed[name], alone[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_trainer_with_data_collator_with_flattening(tmp_path):
+    from datasets import Dataset
+    from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
+
+    model = tiny_model("paper", chunk_size=4)
+    g = torch.Generator().manual_seed(5)
+    docs = [torch.randint(3, VOCAB, (int(n),), generator=g).tolist() for n in torch.randint(2, 12, (24,), generator=g)]
+    data = Dataset.from_dict({"input_ids": docs})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=6, per_device_eval_batch_size=6,
+                             max_steps=4, learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no",
+                             logging_steps=1, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data,
+                      data_collator=DataCollatorWithFlattening(return_tensors="pt"))
+    losses = [h["loss"] for h in trainer.train() and trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    # the evaluation loss of packed batches is what the documents give one by one: per batch of 6 documents the
+    # token mean of their losses, and Trainer's mean over the (one-row) batches
+    eval_loss = trainer.evaluate()["eval_loss"]
+    model.eval()
+    batch_losses = []
+    with torch.no_grad():
+        for first in range(0, len(docs), 6):
+            total = count = 0
+            for doc in docs[first: first + 6]:
+                ids = torch.tensor(doc)[None]
+                total += model(ids, labels=ids).loss.item() * (len(doc) - 1)
+                count += len(doc) - 1
+            batch_losses.append(total / count)
+    assert eval_loss == pytest.approx(sum(batch_losses) / len(batch_losses), rel=1e-5)

@@ -656,6 +656,11 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
+    def create_masks_for_generate(self, *args, attention_mask=None, **kwargs):
+        """generate() turns the 2-D padding mask into 4-D attention masks for compileable caches (transformers 5.23
+        does so for every such cache); a recurrence reads the 2-D mask itself, so it is passed on as it is."""
+        return attention_mask
+
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
         """transformers compiles the decode step of a compileable cache on its own on GPUs. For hf_xlstm that is opt-in
         (pass `compile_config=CompileConfig(...)` to generate) until the compiled step with the Triton kernels has
