@@ -46,13 +46,16 @@ def slstm_native(
     x = x.float()
     R = R.float()
 
+    # Split over time once: indexing x[:, t] in the loop makes its backward write a full-size zero gradient per
+    # step (quadratic in T); unbind's backward stacks the per-step gradients once.
+    steps = x.unbind(dim=1)
     hs = []
     for t in range(T):
         if resets is not None:
             new_doc = resets[:, t].view(B, 1, 1)
             c, n, m, h = (s.masked_fill(new_doc, 0.0) for s in (c, n, m, h))
         # Block-diagonal recurrence: head j only sees its own previous h.
-        pre = x[:, t] + torch.einsum("bhd,ghde->bghe", h, R)  # (B, 4, H, D)
+        pre = steps[t] + torch.einsum("bhd,ghde->bghe", h, R)  # (B, 4, H, D)
         i_pre, f_pre, z_pre, o_pre = pre.unbind(dim=1)
         log_f = F.logsigmoid(f_pre)
         m_new = torch.maximum(log_f + m, i_pre)
