@@ -1,5 +1,6 @@
 """Packing with document boundaries vs padded batches vs leaky packing, on the embedded corpus, at the same number of
-optimizer steps: tokens/s of real (non-pad) tokens in training and the held-out perplexity afterwards.
+optimizer steps: tokens/s of real (non-pad) tokens in training and the held-out perplexity afterwards. The three runs
+take turns step by step in one process.
 
 - boundaries: documents back to back in fixed-length blocks, position_ids restarting at every document (each one
   starts from the zero state); no padding;
@@ -75,29 +76,36 @@ def main() -> None:
     tokenizer = train_bpe_tokenizer(docs["train"]["text"], vocab_size=2048)
     held_out = pack_documents(docs["validation"], tokenizer, args.block_size)
     held_out = {name: torch.tensor(held_out[name]) for name in held_out.column_names}
-    rows = []
-    for mode in ("boundaries", "padded", "leaky"):
+    modes = ("boundaries", "padded", "leaky")
+    runs = {}
+    for mode in modes:
         torch.manual_seed(0)
         model = xLSTMForCausalLM(preset_config(args.preset, vocab_size=len(tokenizer),
                                                eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-        model.train()
-        real_tokens, seconds = 0, 0.0
-        for batch in batches(mode, docs["train"], tokenizer, args.block_size, args.batch_size, args.steps, seed=0):
+                                               pad_token_id=tokenizer.pad_token_id)).train()
+        runs[mode] = dict(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1),
+                          batches=batches(mode, docs["train"], tokenizer, args.block_size, args.batch_size,
+                                          args.steps, seed=0), seconds=[], real_tokens=0)
+    # the modes take turns step by step, so the machine's load falls on all three alike
+    for _ in range(args.steps):
+        for run in runs.values():
+            batch = next(run["batches"])
             start = time.perf_counter()
-            loss = model(**batch).loss
+            loss = run["model"](**batch).loss
             loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            seconds += time.perf_counter() - start
-            real_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-        model.eval()
+            run["optimizer"].step()
+            run["optimizer"].zero_grad(set_to_none=True)
+            run["seconds"].append(time.perf_counter() - start)
+            mask = batch.get("attention_mask")
+            run["real_tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    rows = []
+    for mode, run in runs.items():
+        model = run["model"].eval()
         with torch.no_grad():
             losses = [model(**{k: v[i: i + 32] for k, v in held_out.items()}).loss
                       for i in range(0, len(held_out["input_ids"]), 32)]
-        row = {"mode": mode, "real_tokens_per_s": real_tokens / seconds, "real_tokens": real_tokens,
-               "heldout_perplexity": math.exp(torch.stack(losses).mean().item())}
+        row = {"mode": mode, "real_tokens_per_s": run["real_tokens"] / sum(run["seconds"]),
+               "real_tokens": run["real_tokens"], "heldout_perplexity": math.exp(torch.stack(losses).mean().item())}
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     result = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
