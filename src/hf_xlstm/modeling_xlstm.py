@@ -656,6 +656,14 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
+        """As transformers prepares them, without position_ids: generate() derives them from the padding mask, and in
+        an xLSTM a position of 0 means a document start (the state restarts). In generation they never carry one (a
+        prompt starts from an empty state; a continued cache continues), so they would only add work to every step."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        model_inputs.pop("position_ids", None)
+        return model_inputs
+
     def create_masks_for_generate(self, *args, attention_mask=None, **kwargs):
         """generate() turns the 2-D padding mask into 4-D attention masks for compileable caches (transformers 5.23
         does so for every such cache); a recurrence reads the 2-D mask itself, so it is passed on as it is."""
