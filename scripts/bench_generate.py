@@ -1,0 +1,117 @@
+"""Generation speed of hf_xlstm against transformers' built-in xLSTM with the same weights, interleaved in one
+process (A B A B ..., medians), so machine noise hits both alike.
+
+Rows: batch size x prompt length, each with
+- hf_xlstm eager generate() (greedy, the recurrent cache),
+- hf_xlstm compiled: transformers' recipe, `cache_implementation="static"` and `model.forward = torch.compile(...)`,
+- transformers' xLSTM (the same xLSTM-7B block and weights, its native kernels, its own cache).
+Decode tokens/s count generated tokens over the decode time (generate's total minus a prefill-only call).
+
+    python scripts/bench_generate.py                       # CPU: the bench_cpu shape (hidden 256, 4 blocks)
+    python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat16   # on a GPU
+    python scripts/bench_generate.py --json benchmarks/results/generate_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
+from hf_xlstm.conversion import config_to_transformers, state_dict_to_transformers
+
+SHAPES = {
+    "cpu": dict(vocab_size=256, hidden_size=256, num_blocks=4, num_heads=4),  # the bench_cpu.py shape
+    "350m": dict(vocab_size=50304, hidden_size=1024, num_blocks=24, num_heads=4),
+    "7b": dict(vocab_size=50304, hidden_size=4096, num_blocks=32, num_heads=8),
+}
+
+
+def models(shape: str, device: str, dtype: torch.dtype):
+    """(hf_xlstm model, transformers' model) with the same weights, in eval mode."""
+    from transformers import xLSTMForCausalLM as BuiltinModel
+
+    torch.manual_seed(0)
+    config = xLSTMConfig(**SHAPES[shape], block_style="large", output_logit_soft_cap=30.0, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2)
+    ours = xLSTMForCausalLM(config)
+    builtin = BuiltinModel(config_to_transformers(config))
+    builtin.load_state_dict(state_dict_to_transformers(ours.state_dict(), config))
+    return ours.to(device, dtype).eval(), builtin.to(device, dtype).eval()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_generate(model, prompt, new_tokens: int, device: str) -> float:
+    kwargs = dict(do_sample=False, pad_token_id=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(prompt, **kwargs)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="cpu", choices=sorted(SHAPES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--prompts", default="16,4096")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    ours, builtin = models(args.shape, args.device, dtype)
+    compiled, _ = models(args.shape, args.device, dtype)
+    compiled.forward = torch.compile(compiled.forward)
+    compiled.generation_config.cache_implementation = "static"
+    runners = {"hf_xlstm eager": ours, "transformers xlstm": builtin}
+    if not args.no_compile:
+        runners["hf_xlstm compiled"] = compiled
+
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        for length in [int(p) for p in args.prompts.split(",")]:
+            prompt = torch.randint(3, SHAPES[args.shape]["vocab_size"], (batch, length), device=args.device)
+            for model in runners.values():  # warm-up (and compilation) at this shape
+                timed_generate(model, prompt, 1, args.device)
+                timed_generate(model, prompt, args.new_tokens, args.device)
+            times = {name: {"prefill": [], "total": []} for name in runners}
+            for _ in range(args.repeats):
+                for name, model in runners.items():
+                    times[name]["prefill"].append(timed_generate(model, prompt, 1, args.device))
+                    times[name]["total"].append(timed_generate(model, prompt, args.new_tokens, args.device))
+            row = {"batch": batch, "prompt": length}
+            for name in runners:
+                decode = statistics.median(times[name]["total"]) - statistics.median(times[name]["prefill"])
+                row[f"{name} decode tok/s"] = batch * (args.new_tokens - 1) / decode
+            base = row["transformers xlstm decode tok/s"]
+            for name in runners:
+                row[f"{name} / transformers"] = row[f"{name} decode tok/s"] / base
+            rows.append(row)
+            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            if args.json:  # after every row: a long run stopped early keeps what it measured
+                result = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+                                     f"{args.device}", "torch": torch.__version__, "shape": args.shape,
+                          "dtype": args.dtype, "new_tokens": args.new_tokens, "rows": rows}
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
