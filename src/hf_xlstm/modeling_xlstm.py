@@ -48,8 +48,7 @@ class RMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight  # one fused op
         return y if self.bias is None else y + self.bias
 
 
@@ -71,8 +70,7 @@ class MultiHeadLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, H, Dh = x.shape
-        x32 = x.float()
-        y = (x32 - x32.mean(-1, keepdim=True)) * torch.rsqrt(x32.var(-1, keepdim=True, unbiased=False) + self.eps)
+        y = F.layer_norm(x.float(), (Dh,), eps=self.eps)  # per head, no affine: one fused op
         y = y.to(x.dtype).reshape(B, T, H * Dh) * self.weight
         return y if self.bias is None else y + self.bias
 
