@@ -16,8 +16,6 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # The name under which the installed transformers passes the cache to forward() and reads it from the output.
 CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-# Every name a supported release may use for it (forward() accepts both, outputs carry CACHE_NAME).
-CACHE_NAMES = ("cache", "past_key_values")
 
 
 def resolve_cache(cache, past_key_values):

@@ -16,6 +16,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 EMBEDDED_CORPUS = "python-stdlib"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -214,16 +216,14 @@ def pack_documents(documents, tokenizer, block_size: int, what: str = "the data"
         blocks = [ids[i: i + block_size] for i in range(0, n, block_size)]
         if not boundaries:
             return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
-        positions, labels = [], []
-        for block in blocks:
-            position, block_positions = 0, []
-            for t, token in enumerate(block):
-                block_positions.append(position)
-                position = 0 if token == eos else position + 1  # the token after an eos starts a document
-            positions.append(block_positions)
-            labels.append([-100 if p == 0 and t > 0 else token for t, (token, p) in enumerate(zip(block,
-                                                                                               block_positions))])
-        return {"input_ids": blocks, "labels": labels, "position_ids": positions}
+        ids = np.asarray(blocks, dtype=np.int64).reshape(len(blocks), block_size)
+        starts = np.zeros_like(ids, dtype=bool)
+        starts[:, 0] = True
+        starts[:, 1:] = ids[:, :-1] == eos  # the token after an eos starts a document
+        steps = np.broadcast_to(np.arange(block_size), ids.shape)
+        positions = steps - np.maximum.accumulate(np.where(starts, steps, 0), axis=1)
+        labels = np.where(starts & (steps > 0), -100, ids)
+        return {"input_ids": blocks, "labels": labels.tolist(), "position_ids": positions.tolist()}
 
     tokenized = documents.map(tokenize, batched=True, remove_columns=documents.column_names)
     blocks = tokenized.map(group, batched=True, batch_size=2000)
