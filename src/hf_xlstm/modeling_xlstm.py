@@ -13,6 +13,7 @@ training row gets the logits it has alone.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 
 import torch
@@ -48,7 +49,10 @@ class RMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight  # one fused op
+        if x.dtype == torch.float32:  # the weight goes into the same call: one op fewer per norm per token
+            y = F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
+        else:
+            y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
         return y if self.bias is None else y + self.bias
 
 
@@ -100,6 +104,10 @@ class CausalConv1d(nn.Module):
         if window is None:
             window = x.new_zeros(B, k - 1, C)
         xx = torch.cat([window.to(x.dtype), x], dim=1)  # (B, k-1+T, C)
+        if T == 1 and resets is None:  # a decoding step: one dot product per channel, the window shifts by one
+            y = self.bias + (xx * self.weight[:, 0, :].t()).sum(1, keepdim=True)
+            new_window = xx[:, 1:] if mask is None else torch.where(mask[..., None], xx[:, 1:], window.to(x.dtype))
+            return y, new_window
         # k shifted multiply-adds: as fast as F.conv1d for long T, and far faster for the T=1 decode step,
         # where a depthwise conv call costs milliseconds of setup on CPU. Tap j reaches back k-1-j steps.
         taps = self.weight[:, 0, :]  # (C, k)
@@ -178,6 +186,20 @@ def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, resets, cache_layer: xL
     resets (B,T) bool: document starts, where the state restarts from zero."""
     B, T, _ = q.shape
     H = config.num_heads
+    state = cache_layer.get_state() if cache_layer is not None else None
+    kwargs = dict(backend=config.backend, eps=config.mlstm_eps)
+    if T == 1 and state is not None:  # a decoding step: (B,1,H*K) -> (B,H,K) are views, no transposes
+        q, k, v = (t.reshape(B, H, -1) for t in (q, k, v))
+        i, f = i.reshape(B, H), f.reshape(B, H)
+        if mask is not None:  # a padded step: nothing enters (i = -inf), nothing is forgotten (lsig(+inf) = 0)
+            i = torch.where(mask, i, float("-inf"))
+            f = torch.where(mask, f, float("inf"))
+        if resets is not None:  # one token: a document start is the zero state before the step
+            carry = (~resets).to(torch.float32)  # (B, 1)
+            state = tuple(s * carry.view(B, *[1] * (s.ndim - 1)) for s in state)
+        h, state = mlstm_step(q, k, v, i, f, state, **kwargs)
+        cache_layer.set_state(state)
+        return h[:, None]  # (B,1,H,V)
     q, k, v = (t.reshape(B, T, H, -1).transpose(1, 2) for t in (q, k, v))  # (B,H,T,*)
     i, f = i.transpose(1, 2), f.transpose(1, 2)  # (B,H,T)
     if mask is not None:
@@ -185,21 +207,11 @@ def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, resets, cache_layer: xL
         keep = mask[:, None, :]
         i = torch.where(keep, i, float("-inf"))
         f = torch.where(keep, f, float("inf"))
-    state = cache_layer.get_state() if cache_layer is not None else None
-    kwargs = dict(backend=config.backend, eps=config.mlstm_eps)
-    if T == 1 and state is not None:
-        if resets is not None:  # one token: a document start is the zero state before the step
-            carry = (~resets[:, 0]).to(torch.float32)
-            state = tuple(s * carry.view(B, *[1] * (s.ndim - 1)) for s in state)
-        h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, **kwargs)
-        h = h[:, :, None]
-    elif cache_layer is not None:
-        h, state = mlstm(q, k, v, i, f, initial_state=state, return_final_state=True,
-                         chunk_size=config.chunk_size, resets=resets, **kwargs)
-    else:
-        h = mlstm(q, k, v, i, f, chunk_size=config.chunk_size, resets=resets, **kwargs)
-    if cache_layer is not None:
-        cache_layer.set_state(state)
+    if cache_layer is None:
+        return mlstm(q, k, v, i, f, chunk_size=config.chunk_size, resets=resets, **kwargs).transpose(1, 2)
+    h, state = mlstm(q, k, v, i, f, initial_state=state, return_final_state=True, chunk_size=config.chunk_size,
+                     resets=resets, **kwargs)
+    cache_layer.set_state(state)
     return h.transpose(1, 2)  # (B,T,H,V)
 
 
@@ -772,3 +784,9 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
             return (loss,) + out if loss is not None else out
         return output_with_cache(CausalLMOutputWithPast, new_cache, loss=loss, logits=logits,
                                  hidden_states=outputs.hidden_states)
+
+
+# generate() reads inspect.signature(model.forward) on every decoding step of a model registered for the Auto classes
+# ("remote code", as hf_xlstm models are, so that save_pretrained ships their code). Computed once here, the lookup is
+# an attribute read instead of ~60 us of introspection per generated token.
+xLSTMForCausalLM.forward.__signature__ = inspect.signature(xLSTMForCausalLM.forward)
