@@ -270,23 +270,33 @@ def mlstm_chunkwise(
     g = F_in[..., -1]  # (B, H, NC): decay over the whole chunk (its last segment)
     a = log_D[..., -1, :]  # (B, H, NC, L): weight of step t in the chunk's end state
 
-    # Inter-chunk recurrence; C_in[c] is the state entering chunk c.
+    # What each chunk adds to the state, all chunks at once (one batched matmul), each under its own stabilizer
+    # m_loc = max_t a_t; the sequential loop below only rescales and adds. A chunk that is all padding has
+    # m_loc = -inf and adds nothing (its weights are computed against 0 instead, so they are 0, not NaN).
+    m_loc = a.amax(dim=-1)  # (B, H, NC)
+    w = torch.exp(a - torch.where(torch.isfinite(m_loc), m_loc, 0.0)[..., None])  # (B, H, NC, L)
+    k_w = k * w[..., None]
+    C_loc = k_w.transpose(-1, -2) @ v  # (B, H, NC, K, V)
+    n_loc = k_w.sum(dim=-2)  # (B, H, NC, K)
+
+    # Inter-chunk recurrence; C_in[c] is the state entering chunk c. Per-chunk tensors are unbound up front:
+    # indexing [:, :, c] inside the loop would make the backward write a full-size zero gradient per chunk.
     C_in, n_in, m_in = [], [], []
-    for c in range(NC):
+    per_chunk = [t.unbind(dim=2) for t in (g, m_loc, C_loc, n_loc)]
+    cuts = cut.unbind(dim=2) if resets is not None else [None] * NC
+    for g_c, m_loc_c, C_c, n_c, new_doc in zip(*per_chunk, cuts):
         C_in.append(C)
         n_in.append(n)
         m_in.append(m)
-        if resets is not None:
-            new_doc = cut[:, :, c]  # (B, 1)
+        if new_doc is not None:  # (B, 1): the chunk has a reset
             C = C.masked_fill(new_doc[..., None, None], 0.0)
             n = n.masked_fill(new_doc[..., None], 0.0)
             m = m.masked_fill(new_doc, 0.0)
-        m_new = torch.maximum(g[:, :, c] + m, a[:, :, c].amax(dim=-1))
-        decay = torch.exp(g[:, :, c] - (m_new - m))  # see mlstm_step_native for the order
-        w = torch.exp(a[:, :, c] - m_new[..., None])  # (B, H, L)
-        k_c = k[:, :, c]
-        C = decay[..., None, None] * C + torch.einsum("bhlk,bhlv->bhkv", k_c * w[..., None], v[:, :, c])
-        n = decay[..., None] * n + torch.einsum("bhlk,bhl->bhk", k_c, w)
+        m_new = torch.maximum(g_c + m, m_loc_c)
+        decay = torch.exp(g_c - (m_new - m))  # see mlstm_step_native for the order
+        scale = torch.exp(m_loc_c - m_new)
+        C = decay[..., None, None] * C + scale[..., None, None] * C_c
+        n = decay[..., None] * n + scale[..., None] * n_c
         m = m_new
     C_in = torch.stack(C_in, dim=2)  # (B, H, NC, K, V)
     n_in = torch.stack(n_in, dim=2)  # (B, H, NC, K)

@@ -273,6 +273,17 @@ def test_masked_steps_are_skipped(with_state):
             assert rel_err(a, b) <= TOL, name
 
 
+def test_fully_masked_chunk_adds_nothing_and_has_finite_gradients():
+    """A whole chunk of padding (its stabilizer is -inf) contributes nothing to the state, and no NaN reaches the
+    outputs or any gradient."""
+    T = 48
+    (q, k, v, i, f), state = make_inputs(T, 24, with_state=True)
+    masked = torch.zeros(T, dtype=torch.bool)
+    masked[16:32] = True  # exactly the second chunk of chunkwise16
+    i_m, f_m = masked_gates(i, f, masked)
+    check_against_oracle([q, k, v, i_m, f_m], state, 24, TOL)
+
+
 # ----------------------------------------------------------------------------- step, dtypes
 
 
