@@ -1,11 +1,11 @@
-"""CPU throughput of hf_xlstm against transformers' built-in xLSTM, side by side in one process.
+"""CPU training and decoding throughput of hf_xlstm against its peers, with the same weights, interleaved in one
+process (A B A B ..., medians), so machine noise hits every model alike.
 
-The shape is the one the peers' CPU numbers were taken at: hidden 256, 4 blocks, 4 heads, vocab 256,
-training batch 4 x 512 tokens, greedy decoding at batch 1. Rows:
-
-- hf_xlstm "large" (xLSTM-7B block) and transformers' xLSTM (same block, native kernels): training tokens/s
-  (forward + backward + AdamW step) and greedy decode tokens/s (generate with the cache);
-- hf_xlstm paper xLSTM[3:1] (one sLSTM block): training tokens/s and decode tokens/s.
+The shape is the one the peers' CPU numbers were taken at: hidden 256, 4 blocks, 4 heads, vocab 256, training
+batch 4 x 512 tokens (forward + backward + AdamW step), greedy decoding at batch 1. Pairs:
+- hf_xlstm "large" (the xLSTM-7B block) vs transformers' built-in xLSTM (the same block, its native kernels);
+- hf_xlstm paper xLSTM[3:1] (mLSTM blocks with one sLSTM block at index 1) vs the official xlstm package's
+  xLSTMLMModel of the same stack (its CPU kernels: the parallel mLSTM and the "vanilla" sLSTM loop).
 
     python scripts/bench_cpu.py [--threads 2] [--json benchmarks/results/cpu.json]
 """
@@ -20,48 +20,99 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
+from hf_xlstm.conversion import (
+    config_from_official,
+    config_to_transformers,
+    state_dict_from_official,
+    state_dict_to_transformers,
+)
 
 SHAPE = dict(vocab_size=256, hidden_size=256, num_blocks=4, num_heads=4)
 
 
-def train_tokens_per_s(model, batch: int, length: int, steps: int) -> float:
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def large_pair():
+    """hf_xlstm large and transformers' xLSTM with the same weights: ({name: model to train}, {name: model to decode
+    with}). transformers' model trains in its "train" mode (the chunkwise kernel; T a multiple of its chunk size) and
+    generates in its "inference" mode, so it is two models there."""
+    from transformers import xLSTMForCausalLM as BuiltinModel
+
+    config = xLSTMConfig(**SHAPE, block_style="large", backend="native", output_logit_soft_cap=30.0, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2)  # transformers' format needs a logit cap
+    ours = xLSTMForCausalLM(config)
+    state_dict = state_dict_to_transformers(ours.state_dict(), config)
+    builtin = {}
+    for mode in ("train", "inference"):
+        builtin[mode] = BuiltinModel(config_to_transformers(config, mode=mode))
+        builtin[mode].load_state_dict(state_dict)
+    names = ("hf_xlstm large (7B block)", "transformers xlstm (7B block)")
+    return dict(zip(names, (ours, builtin["train"]))), dict(zip(names, (ours, builtin["inference"])))
+
+
+def paper_pair():
+    """hf_xlstm paper xLSTM[3:1] and the official package's xLSTMLMModel with the same weights: ({name: model to
+    train}, {name: model to decode with}); the official model has no generate() (its step API is not what users of
+    transformers call), so only hf_xlstm decodes."""
+    from xlstm import (FeedForwardConfig, mLSTMBlockConfig, mLSTMLayerConfig, sLSTMBlockConfig, sLSTMLayerConfig,
+                       xLSTMLMModel, xLSTMLMModelConfig)
+
+    H = SHAPE["num_heads"]
+    official_config = xLSTMLMModelConfig(
+        mlstm_block=mLSTMBlockConfig(mlstm=mLSTMLayerConfig(conv1d_kernel_size=4, qkv_proj_blocksize=4, num_heads=H)),
+        slstm_block=sLSTMBlockConfig(slstm=sLSTMLayerConfig(backend="vanilla", num_heads=H, conv1d_kernel_size=4),
+                                     feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu")),
+        context_length=512, num_blocks=SHAPE["num_blocks"], embedding_dim=SHAPE["hidden_size"], slstm_at=[1],
+        vocab_size=SHAPE["vocab_size"])
+    official = xLSTMLMModel(official_config)
+    official.reset_parameters()
+    config = config_from_official(official_config, backend="native")
+    ours = xLSTMForCausalLM(config)
+    ours.load_state_dict(state_dict_from_official(official.state_dict(), official_config, config))
+    names = ("hf_xlstm paper xLSTM[3:1]", "official xlstm xLSTMLMModel[3:1]")
+    return dict(zip(names, (ours, official))), {names[0]: ours}
+
+
+def train_step_seconds(model, ids: torch.Tensor, optimizer) -> float:
+    start = time.perf_counter()
+    if isinstance(model, PreTrainedModel):
+        logits = model(ids, use_cache=False).logits  # no state to keep while training
+    else:
+        logits = model(ids)  # the official xLSTMLMModel returns the logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def train_tokens_per_s(models: dict, batch: int, length: int, steps: int) -> dict[str, float]:
     ids = torch.randint(0, SHAPE["vocab_size"], (batch, length))
-    times = []
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+    times = {name: [] for name in models}
     for step in range(steps + 2):
-        start = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= 2:  # warm-up
-            times.append(time.perf_counter() - start)
-    return batch * length / statistics.median(times)
+        for name, model in models.items():
+            model.train()
+            seconds = train_step_seconds(model, ids, optimizers[name])
+            if step >= 2:  # warm-up
+                times[name].append(seconds)
+    return {name: batch * length / statistics.median(t) for name, t in times.items()}
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model, new_tokens: int) -> float:
-    model.eval()
-    prompt = torch.randint(0, SHAPE["vocab_size"], (1, 16))
+def decode_tokens_per_s(models: dict, new_tokens: int, repeats: int) -> dict[str, float]:
+    prompt = torch.randint(3, SHAPE["vocab_size"], (1, 16))
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    model.generate(prompt, **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
-    start = time.perf_counter()
-    model.generate(prompt, **kwargs)
-    return new_tokens / (time.perf_counter() - start)
-
-
-def builtin_xlstm(mode: str = "train"):
-    from transformers import xLSTMConfig as BuiltinConfig
-    from transformers import xLSTMForCausalLM as BuiltinModel
-
-    config = BuiltinConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["hidden_size"],
-                           num_hidden_layers=SHAPE["num_blocks"], num_heads=SHAPE["num_heads"], mode=mode,
-                           chunkwise_kernel="chunkwise--native_autograd", sequence_kernel="native_sequence__native",
-                           step_kernel="native", pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return BuiltinModel(config)
+    times = {name: [] for name in models}
+    for step in range(repeats + 1):
+        for name, model in models.items():
+            model.eval()
+            start = time.perf_counter()
+            model.generate(prompt, **kwargs)
+            if step >= 1:
+                times[name].append(time.perf_counter() - start)
+    return {name: new_tokens / statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -71,36 +122,33 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default="benchmarks/results/cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    models = {
-        "hf_xlstm large (7B block)": lambda: xLSTMForCausalLM(xLSTMConfig(**SHAPE, block_style="large",
-                                                                           backend="native")),
-        "transformers xlstm (7B block)": builtin_xlstm,
-        "hf_xlstm paper xLSTM[3:1]": lambda: xLSTMForCausalLM(xLSTMConfig(**SHAPE, slstm_at=[1], backend="native")),
-    }
     rows = []
-    for name, make in models.items():
-        model = make()
-        row = {"model": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-        row["train_tok_s"] = train_tokens_per_s(model, args.batch, args.length, args.steps)
-        if make is builtin_xlstm:
-            # its "train" mode needs T % chunk_size == 0; generation runs in its "inference" mode
-            inference = builtin_xlstm(mode="inference")
-            inference.load_state_dict(model.state_dict())
-            model = inference
-        row["decode_tok_s"] = decode_tokens_per_s(model, args.new_tokens)
-        rows.append(row)
-        print(f"{name:32s} {row['params_M']:6.2f}M  train {row['train_tok_s']:8.0f} tok/s  "
-              f"decode {row['decode_tok_s']:6.0f} tok/s", flush=True)
+    for make in (large_pair, paper_pair):
+        trained, decoders = make()
+        train = train_tokens_per_s(trained, args.batch, args.length, args.steps)
+        decode = decode_tokens_per_s(decoders, args.new_tokens, args.repeats)
+        ours, peer = trained
+        for name, model in trained.items():
+            row = {"model": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                   "train_tok_s": train[name], "train_vs_peer": train[name] / train[peer],
+                   "decode_tok_s": decode.get(name)}
+            if name in decode and peer in decode:
+                row["decode_vs_peer"] = decode[name] / decode[peer]
+            rows.append(row)
+            decode_text = f"decode {decode[name]:6.0f} tok/s" if name in decode else "decode    n/a"
+            print(f"{name:36s} {row['params_M']:6.2f}M  train {row['train_tok_s']:8.0f} tok/s "
+                  f"({row['train_vs_peer']:.2f}x {peer})  {decode_text}", flush=True)
 
     result = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
               "torch": torch.__version__, "batch": args.batch, "length": args.length, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print("wrote", args.json)
 
 

@@ -41,6 +41,24 @@ def test_bench_model_smoke_on_cpu(tmp_path):
     assert all(r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["train_tok_s"] > 0 for r in rows)
 
 
+def test_bench_cpu_smoke(tmp_path):
+    """The CPU benchmark against its peers (transformers' xLSTM, the official package) with the same weights, at a
+    tiny batch and length: every pair is built, trained a step and compared."""
+    out = tmp_path / "cpu.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_cpu.py"), "--batch", "1", "--length", "64", "--steps", "1",
+         "--new-tokens", "2", "--repeats", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 4 and all(r["train_tok_s"] > 0 for r in rows.values())
+    assert rows["hf_xlstm large (7B block)"]["decode_vs_peer"] > 0
+    assert rows["official xlstm xLSTMLMModel[3:1]"]["decode_tok_s"] is None  # it has no generate()
+
+
 # ---------------------------------------------------------------------------------------------------- user errors
 # (script, arguments, what the one line must say). Each fails before any model or data loading, except the unknown
 # preset, which the pretraining run finds once the data is read: a small corpus keeps that short.
