@@ -8,7 +8,9 @@ Rows: batch size x prompt length, each with
 Decode tokens/s count generated tokens over the decode time (generate's total minus a prefill-only call).
 
     python scripts/bench_generate.py                       # CPU: the bench_cpu shape (hidden 256, 4 blocks)
-    python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat16   # on a GPU
+    python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat16 --no-builtin   # on a GPU
+    python scripts/bench_generate.py --shape 7b --device cuda --dtype bfloat16 --no-builtin --prompts 16 \
+        --new-tokens 16384 --batches 1                                                   # flat to 16k tokens?
     python scripts/bench_generate.py --json benchmarks/results/generate_cpu.json
 """
 
@@ -33,21 +35,24 @@ SHAPES = {
 }
 
 
-def models(shape: str, device: str, dtype: torch.dtype):
-    """(hf_xlstm model, transformers' model) with the same weights, in eval mode."""
+def models(shape: str, device: str, dtype: torch.dtype, builtin: bool = True):
+    """(hf_xlstm model, transformers' model with the same weights or None), in eval mode."""
     from transformers import xLSTMForCausalLM as BuiltinModel
 
     torch.manual_seed(0)
     config = xLSTMConfig(**SHAPES[shape], block_style="large", output_logit_soft_cap=30.0, pad_token_id=0,
                          bos_token_id=1, eos_token_id=2)
     ours = xLSTMForCausalLM(config)
-    builtin = BuiltinModel(config_to_transformers(config))
-    builtin.load_state_dict(state_dict_to_transformers(ours.state_dict(), config))
-    return ours.to(device, dtype).eval(), builtin.to(device, dtype).eval()
+    peer = None
+    if builtin:
+        peer = BuiltinModel(config_to_transformers(config))
+        peer.load_state_dict(state_dict_to_transformers(ours.state_dict(), config))
+        peer = peer.to(device, dtype).eval()
+    return ours.to(device, dtype).eval(), peer
 
 
 def sync(device: str) -> None:
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -72,16 +77,24 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode; default: 'reduce-overhead' (CUDA graphs) on CUDA, inductor's default "
+                             "elsewhere")
+    parser.add_argument("--no-builtin", action="store_true",
+                        help="leave out transformers' xLSTM (its native kernels fail in bf16); rows give tok/s only")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    ours, builtin = models(args.shape, args.device, dtype)
-    compiled, _ = models(args.shape, args.device, dtype)
-    compiled.forward = torch.compile(compiled.forward)
-    compiled.generation_config.cache_implementation = "static"
-    runners = {"hf_xlstm eager": ours, "transformers xlstm": builtin}
+    ours, builtin = models(args.shape, args.device, dtype, builtin=not args.no_builtin)
+    runners = {"hf_xlstm eager": ours}
+    if builtin is not None:
+        runners["transformers xlstm"] = builtin
     if not args.no_compile:
+        compiled, _ = models(args.shape, args.device, dtype, builtin=False)
+        mode = args.compile_mode or ("reduce-overhead" if args.device.startswith("cuda") else None)
+        compiled.forward = torch.compile(compiled.forward, mode=mode)
+        compiled.generation_config.cache_implementation = "static"
         runners["hf_xlstm compiled"] = compiled
 
     rows = []
@@ -100,9 +113,10 @@ def main() -> None:
             for name in runners:
                 decode = statistics.median(times[name]["total"]) - statistics.median(times[name]["prefill"])
                 row[f"{name} decode tok/s"] = batch * (args.new_tokens - 1) / decode
-            base = row["transformers xlstm decode tok/s"]
-            for name in runners:
-                row[f"{name} / transformers"] = row[f"{name} decode tok/s"] / base
+            if builtin is not None:
+                base = row["transformers xlstm decode tok/s"]
+                for name in runners:
+                    row[f"{name} / transformers"] = row[f"{name} decode tok/s"] / base
             rows.append(row)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
             if args.json:  # after every row: a long run stopped early keeps what it measured
