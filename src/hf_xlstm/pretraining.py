@@ -3,6 +3,9 @@ hf_xlstm.data (a Hub dataset, local files, or the embedded Python standard-libra
 byte-level BPE trained on the training split; fixed-length blocks with a held-out split), a unigram baseline, and a
 Hub-ready output folder (safetensors, config with auto_map, model code, tokenizer, generation config, model card).
 
+Under torchrun the run is data parallel (DDP); with --fsdp the model is sharded instead, each block over all
+processes (hf_xlstm.fsdp: FSDP2, on CPU processes as on GPUs), with sharded checkpoints and one consolidated folder.
+
 The script scripts/pretrain.py is a thin wrapper around `main`; everything here is importable:
 
     from hf_xlstm.pretraining import parse_args, run_pretraining
@@ -42,6 +45,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_xlstm import xLSTMConfig
 from .data import EMBEDDED_CORPUS, load_documents, load_tokenizer, pack_documents, train_bpe_tokenizer
+from .fsdp import SHARDED_MODEL, FSDPTrainer, fsdp_settings
 from .model_card import template_path, write_model_card
 from .modeling_xlstm import xLSTMForCausalLM
 from .presets import PRESETS, preset_config
@@ -140,10 +144,7 @@ def parse_args(argv: Sequence[str] | None = None):
     config_overrides(model_args)
     if model_args.preset and not (model_args.config or model_args.model_name_or_path):
         preset_config(model_args.preset)
-    if training_args.fsdp and training_args.device.type == "cpu":
-        # accelerate only shards on accelerators; on a CPU the flag would be dropped and DDP run instead.
-        raise ValueError("--fsdp needs GPUs (accelerate ignores it on CPUs and would silently run DDP). On CPUs, "
-                         "launch with torchrun/accelerate without --fsdp for data-parallel training.")
+    fsdp_settings(training_args)  # --fsdp with options it cannot take fails here, before any data is read
     if (training_args.bf16_if_available and not training_args.bf16 and not training_args.fp16
             and not training_args.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         training_args = dataclasses.replace(training_args, bf16=True)
@@ -333,6 +334,12 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
                              f"folder in {output_dir}.")
     if resume is not None and not Path(resume).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
+    sharded = resume is not None and (Path(resume) / SHARDED_MODEL).is_dir()
+    if resume is not None and sharded != bool(training_args.fsdp):
+        raise ValueError(f"--resume_from_checkpoint {resume}: " + (
+            "a checkpoint of an --fsdp run (sharded model and optimizer); resume it with --fsdp." if sharded else
+            f"not a checkpoint of an --fsdp run (no {SHARDED_MODEL}/ folder); resume it without --fsdp, or start "
+            "from its weights with --model_name_or_path."))
 
     template_path()  # fail now, not after training, if the model card template cannot be found
     docs, data_info = load_documents(
@@ -369,9 +376,11 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
 
     time_limit = TimeLimit(start, training_args.cpu_time_limit_minutes * 60) if (
         training_args.cpu_time_limit_minutes > 0 and training_args.device.type == "cpu") else None
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
-                      processing_class=tokenizer, data_collator=default_data_collator,
-                      callbacks=[time_limit] if time_limit else None)
+    # --fsdp: the library shards the model itself (FSDP2, each block a unit), on CPU processes as on GPUs
+    trainer_class = FSDPTrainer if training_args.fsdp else Trainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
+                            processing_class=tokenizer, data_collator=default_data_collator,
+                            callbacks=[time_limit] if time_limit else None)
     train_result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate()
     perplexity = math.exp(eval_metrics["eval_loss"])
@@ -389,11 +398,16 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
              f"{training_args.cpu_time_limit_minutes:g} minutes (--cpu_time_limit_minutes; 0 turns it off); "
              f"saved {output_dir / f'checkpoint-{time_limit.stopped_at}'}: continue with --resume_from_checkpoint last",
              training_args)
+    trainer.model.config.use_cache = True  # Trainer turns it off for training; generation wants it on
+    # safetensors + config (auto_map) + code + generation config, written by process 0; every process takes part
+    # (with --fsdp they gather the full weights)
+    trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trainer.model.config.use_cache = True  # Trainer turns it off for training; generation wants it on
-        trainer.save_model(str(output_dir))  # safetensors + config (auto_map) + code + generation config
         tokenizer.save_pretrained(output_dir)
-        samples = sample_generations(trainer.model, tokenizer, data_args.sample_prompts, data_args.sample_new_tokens,
+        # A sharded model computes only with all processes; process 0 samples from the consolidated folder alone.
+        sampler = (xLSTMForCausalLM.from_pretrained(output_dir).to(training_args.device) if training_args.fsdp
+                   else trainer.model)
+        samples = sample_generations(sampler, tokenizer, data_args.sample_prompts, data_args.sample_new_tokens,
                                      seed=training_args.seed)
         results["samples"] = samples
         gen = trainer.model.generation_config
@@ -410,7 +424,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
             "optimizer": f"{_name(training_args.optim)}, lr {training_args.learning_rate}, "
                          f"{_name(training_args.lr_scheduler_type)} schedule, weight decay {training_args.weight_decay}",
             "precision": "bf16 mixed" if training_args.bf16 else "fp16 mixed" if training_args.fp16 else "float32",
-            "processes": training_args.world_size,
+            "processes": training_args.world_size
+            if not training_args.fsdp else f"{training_args.world_size} (FSDP2: each block sharded over them)",
             "final training loss": losses[-1][1] if losses else train_result.training_loss,
             "held-out perplexity (unigram baseline)": f"{perplexity:.2f} ({baseline:.2f})",
         }
