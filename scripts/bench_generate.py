@@ -5,7 +5,7 @@ Rows: batch size x prompt length, each with
 - hf_xlstm eager generate() (greedy, the recurrent cache),
 - hf_xlstm compiled: transformers' recipe, `cache_implementation="static"` and `model.forward = torch.compile(...)`,
 - transformers' xLSTM (the same xLSTM-7B block and weights, its native kernels, its own cache).
-Decode tokens/s count generated tokens over the decode time (generate's total minus a prefill-only call).
+Decode tokens/s: generated tokens over the time between the first and the last new token (the prefill left out).
 
     python scripts/bench_generate.py                       # CPU: the bench_cpu shape (hidden 256, 4 blocks)
     python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat16 --no-builtin   # on a GPU
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
 from hf_xlstm.conversion import config_to_transformers, state_dict_to_transformers
@@ -56,14 +57,27 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_generate(model, prompt, new_tokens: int, device: str) -> float:
-    kwargs = dict(do_sample=False, pad_token_id=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    sync(device)
-    start = time.perf_counter()
+class TokenClock(StoppingCriteria):
+    """Never stops generation; records the time each new token is there (generate() asks it once per token, right
+    after the forward that produced it), so the decode time is read between the first and the last token and the
+    prefill never enters it."""
+
+    def __init__(self, device: str):
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def decode_seconds_per_step(model, prompt, new_tokens: int, device: str) -> float:
+    """Seconds per decoding step of a greedy generate() of `new_tokens` tokens (the prefill left out)."""
+    clock = TokenClock(device)
     with torch.no_grad():
-        model.generate(prompt, **kwargs)
-    sync(device)
-    return time.perf_counter() - start
+        model.generate(prompt, do_sample=False, pad_token_id=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       stopping_criteria=StoppingCriteriaList([clock]))
+    return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
 
 
 def main() -> None:
@@ -102,17 +116,14 @@ def main() -> None:
         for length in [int(p) for p in args.prompts.split(",")]:
             prompt = torch.randint(3, SHAPES[args.shape]["vocab_size"], (batch, length), device=args.device)
             for model in runners.values():  # warm-up (and compilation) at this shape
-                timed_generate(model, prompt, 1, args.device)
-                timed_generate(model, prompt, args.new_tokens, args.device)
-            times = {name: {"prefill": [], "total": []} for name in runners}
+                decode_seconds_per_step(model, prompt, 4, args.device)
+            times = {name: [] for name in runners}
             for _ in range(args.repeats):
                 for name, model in runners.items():
-                    times[name]["prefill"].append(timed_generate(model, prompt, 1, args.device))
-                    times[name]["total"].append(timed_generate(model, prompt, args.new_tokens, args.device))
+                    times[name].append(decode_seconds_per_step(model, prompt, args.new_tokens, args.device))
             row = {"batch": batch, "prompt": length}
             for name in runners:
-                decode = statistics.median(times[name]["total"]) - statistics.median(times[name]["prefill"])
-                row[f"{name} decode tok/s"] = batch * (args.new_tokens - 1) / decode
+                row[f"{name} decode tok/s"] = batch / statistics.median(times[name])
             if builtin is not None:
                 base = row["transformers xlstm decode tok/s"]
                 for name in runners:
