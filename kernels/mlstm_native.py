@@ -51,6 +51,18 @@ def _initial_state(state: MLSTMState | None, B: int, H: int, K: int, V: int, dev
     return C.float(), n.float(), m.float()
 
 
+def _normalizer_floor(m: torch.Tensor) -> torch.Tensor:
+    """exp(-m), the normalizer's lower bound, with the exponent saturated at 88 (exp(88) = 1.7e38, the largest
+    finite power in float32).
+
+    With input gates below about -88 and a closed forget gate, m falls below -88.7 and exp(-m) overflows: the
+    forward is still h = 0 (a finite numerator over inf), but autograd then multiplies the zero gradient of the
+    normalizer by inf and every gate gradient becomes NaN. Saturated, the bound changes only outputs of size ~1e-38
+    and every gradient stays finite. (The Triton kernels differentiate the normalizer analytically and never form
+    0 * inf.)"""
+    return torch.exp(torch.clamp(-m, max=88.0))
+
+
 def _cut_documents(log_D: torch.Tensor, log_f: torch.Tensor, resets: torch.Tensor):
     """The parallel-form weights of blocks of L steps, cut at document starts.
 
@@ -120,7 +132,7 @@ def mlstm_step_native(
 
     num = (q[..., None, :] @ C_new).squeeze(-2)  # (B, H, V)
     qn = torch.linalg.vecdot(n_new, q)  # (B, H)
-    den = torch.maximum(qn.abs(), torch.exp(-m_new)) + eps
+    den = torch.maximum(qn.abs(), _normalizer_floor(m_new)) + eps
     h = num / den[..., None]
     return h.to(out_dtype), (C_new, n_new, m_new)
 
@@ -194,7 +206,7 @@ def mlstm_parallel(
         w_init = w_init.masked_fill(~first, 0.0)  # the zero state: a weight in the max, no content
     num = S @ v + w_init[..., None] * (q @ C0)
     qn = S.sum(dim=-1) + w_init * torch.einsum("bhtk,bhk->bht", q, n0)
-    h = num / (torch.maximum(qn.abs(), torch.exp(-m)) + eps)[..., None]
+    h = num / (torch.maximum(qn.abs(), _normalizer_floor(m)) + eps)[..., None]
     h = h.to(out_dtype)
     if not return_final_state:
         return h
@@ -314,6 +326,6 @@ def mlstm_chunkwise(
         w_inter = w_inter.masked_fill(~first, 0.0)  # a zero state: a weight in the max, no content
     num = S @ v + w_inter[..., None] * (q @ C_in)
     qn = S.sum(dim=-1) + w_inter * torch.einsum("bhclk,bhck->bhcl", q, n_in)
-    h = num / (torch.maximum(qn.abs(), torch.exp(-m_t)) + eps)[..., None]
+    h = num / (torch.maximum(qn.abs(), _normalizer_floor(m_t)) + eps)[..., None]
     h = h.reshape(B, H, NC * L, V)[:, :, :T].to(out_dtype)
     return (h, (C, n, m)) if return_final_state else h

@@ -273,6 +273,28 @@ def test_masked_steps_are_skipped(with_state):
             assert rel_err(a, b) <= TOL, name
 
 
+def test_stabilizer_below_float32_exp_range_keeps_gradients_finite():
+    """Input gates near -95 with a closed forget gate drive m below -88.7, where exp(-m) (the normalizer's lower
+    bound) overflows float32: outputs stay ~0 and no gradient may become NaN (0 * inf in the backward)."""
+    T = 40
+    (q, k, v, _, _), _ = make_inputs(T, 25)
+    i = torch.full((B, H, T), -95.0)
+    f = torch.full((B, H, T), -10.0)
+    for name, fn in FORMS.items():
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, i, f)]
+        h, state = fn(*leaves, return_final_state=True)
+        assert bool((state[2] < -88.8).all()), name  # the regime this test is about
+        assert h.abs().max() < 1e-30, name
+        (h.sum() + state[0].sum() + state[1].sum()).backward()
+        for label, leaf in zip("qkvif", leaves):
+            assert torch.isfinite(leaf.grad).all(), (name, label)
+    leaves = [t[:, :, 0].detach().clone().requires_grad_() for t in (q, k, v, i, f)]
+    state = (torch.zeros(B, H, K, V), torch.zeros(B, H, K), torch.full((B, H), -100.0))
+    h, _ = mlstm_step_native(*leaves, state)
+    h.sum().backward()
+    assert all(torch.isfinite(leaf.grad).all() for leaf in leaves)
+
+
 def test_fully_masked_chunk_adds_nothing_and_has_finite_gradients():
     """A whole chunk of padding (its stabilizer is -inf) contributes nothing to the state, and no NaN reaches the
     outputs or any gradient."""
