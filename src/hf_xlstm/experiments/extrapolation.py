@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ..data import EMBEDDED_CORPUS, load_documents, pack_documents, train_bpe_tokenizer
 from .models import build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan
 from .runner import (
-    Stopwatch, default_workers, machine, quiet_transformers, require_matplotlib, run_jobs, write_outputs,
+    default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one, require_matplotlib,
+    run_jobs, Stopwatch, write_outputs,
 )
 from .training import Progress, final_loss, train
 
@@ -56,10 +57,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--eval_blocks", type=int, help="Held-out blocks of the longest length to score (at most).")
     parser.add_argument("--workers", type=int, help="Processes training models side by side (default: up to 2 cores).")
     parser.add_argument("--output_dir", help="Where length_extrapolation.json/.md/.png go.")
-    parser.set_defaults(**DEFAULTS)
-    if parser.parse_known_args(argv)[0].quick:
-        parser.set_defaults(**QUICK)
-    args = parser.parse_args(argv)
+    args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
     check_args(args)
     return args
 
@@ -68,9 +66,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in args.models:
         check_model_name(name)
     check_width(args.width)
-    for flag in ("layers", "context", "steps", "batch_size", "eval_blocks"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    require_at_least_one(args, "layers", "context", "steps", "batch_size", "eval_blocks")
     if any(m < 1 for m in args.multiples) or any(max(args.multiples) % m for m in args.multiples):
         raise ValueError(f"--multiples must be positive and each divide the largest, got {args.multiples}.")
     if args.lr <= 0 or args.weight_decay < 0:

@@ -19,7 +19,8 @@ from .models import (
     build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan, step_cost,
 )
 from .runner import (
-    Stopwatch, default_workers, machine, quiet_transformers, require_matplotlib, run_jobs, write_outputs,
+    default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one, require_matplotlib,
+    run_jobs, Stopwatch, write_outputs,
 )
 from .tasks import FORMAL_TASKS, final_only, final_positions, scaled_accuracy
 from .training import Progress, class_logits, final_loss, masked_cross_entropy, train
@@ -60,10 +61,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--eval_sequences", type=int, help="Evaluation sequences per length.")
     parser.add_argument("--workers", type=int, help="Processes running runs side by side (default: up to 2 cores).")
     parser.add_argument("--output_dir", help="Where formal_languages.json/.md/.png go.")
-    parser.set_defaults(**DEFAULTS)
-    if parser.parse_known_args(argv)[0].quick:
-        parser.set_defaults(**QUICK)
-    args = parser.parse_args(argv)
+    args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
     check_args(args)
     return args
 
@@ -72,9 +70,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in args.models:
         check_model_name(name)
     check_width(args.width)
-    for flag in ("layers", "xlstm_heads", "steps", "batch_size", "eval_lengths", "eval_sequences", "train_min_length"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    require_at_least_one(args, "layers", "xlstm_heads", "steps", "batch_size",
+                         "eval_lengths", "eval_sequences", "train_min_length")
     if any(lr <= 0 for lr in args.lrs):
         raise ValueError(f"--lrs must be positive, got {args.lrs}.")
     if args.weight_decay < 0:

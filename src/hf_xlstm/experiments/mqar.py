@@ -20,7 +20,8 @@ from .models import (
     build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan, step_cost,
 )
 from .runner import (
-    Stopwatch, default_workers, machine, quiet_transformers, require_matplotlib, run_jobs, write_outputs,
+    default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one, require_matplotlib,
+    run_jobs, Stopwatch, write_outputs,
 )
 from .tasks import IGNORE, mqar
 from .training import Progress, class_logits, final_loss, masked_cross_entropy, train
@@ -62,10 +63,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--eval_sequences", type=int, help="Held-out sequences per setting.")
     parser.add_argument("--workers", type=int, help="Processes running runs side by side (default: up to 2 cores).")
     parser.add_argument("--output_dir", help="Where mqar.json/.md/.png go.")
-    parser.set_defaults(**DEFAULTS)
-    if parser.parse_known_args(argv)[0].quick:
-        parser.set_defaults(**QUICK)
-    args = parser.parse_args(argv)
+    args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
     check_args(args)
     return args
 
@@ -77,9 +75,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_width(width)
         if width % args.xlstm_heads:
             raise ValueError(f"--widths: {width} is not divisible by --xlstm_heads {args.xlstm_heads}.")
-    for flag in ("layers", "xlstm_heads", "steps", "batch_size", "eval_sequences"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
+    require_at_least_one(args, "layers", "xlstm_heads", "steps", "batch_size", "eval_sequences")
     if any(lr <= 0 for lr in args.lrs):
         raise ValueError(f"--lrs must be positive, got {args.lrs}.")
     if args.weight_decay < 0:

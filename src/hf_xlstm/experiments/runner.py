@@ -8,6 +8,7 @@ close to twice the throughput of one. One progress bar counts the optimizer step
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import platform
@@ -45,6 +46,23 @@ def quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
+
+
+def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: dict[str, Any],
+                        quick: dict[str, Any]) -> argparse.Namespace:
+    """Parse `argv` with an experiment's defaults, or with its `quick` ones over them when --quick is given (flags
+    given explicitly win either way)."""
+    parser.set_defaults(**defaults)
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**quick)
+    return parser.parse_args(argv)
+
+
+def require_at_least_one(args: argparse.Namespace, *flags: str) -> None:
+    """ValueError naming the first of `flags` (integer options) that is below 1."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}.")
 
 
 def default_workers() -> int:
