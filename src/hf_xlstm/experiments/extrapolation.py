@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ..data import EMBEDDED_CORPUS, load_documents, pack_documents, train_bpe_tokenizer
 from .models import build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan
 from .runner import (
-    default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one, require_matplotlib,
-    run_jobs, Stopwatch, write_outputs,
+    add_output_arguments, default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one,
+    require_matplotlib, run_jobs, Stopwatch, write_outputs,
 )
 from .training import Progress, final_loss, train
 
@@ -55,8 +55,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--vocab_size", type=int, help="Vocabulary of the byte-level BPE trained on the corpus.")
     parser.add_argument("--corpus_chars", type=int, help="Characters of the standard-library corpus to use.")
     parser.add_argument("--eval_blocks", type=int, help="Held-out blocks of the longest length to score (at most).")
-    parser.add_argument("--workers", type=int, help="Processes training models side by side (default: up to 2 cores).")
-    parser.add_argument("--output_dir", help="Where length_extrapolation.json/.md/.png go.")
+    add_output_arguments(parser, NAME)
     args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
     check_args(args)
     return args

@@ -19,8 +19,8 @@ from .models import (
     build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan, step_cost,
 )
 from .runner import (
-    default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one, require_matplotlib,
-    run_jobs, Stopwatch, write_outputs,
+    add_output_arguments, add_sweep_arguments, check_sweep, default_workers, machine, parse_with_defaults,
+    quiet_transformers, require_at_least_one, require_matplotlib, run_jobs, Stopwatch, write_outputs,
 )
 from .tasks import FORMAL_TASKS, final_only, final_positions, scaled_accuracy
 from .training import Progress, class_logits, final_loss, masked_cross_entropy, train
@@ -47,9 +47,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--xlstm_heads", type=int, help="Heads of the mLSTM and sLSTM cells.")
     parser.add_argument("--steps", type=int, help="AdamW steps per run.")
     parser.add_argument("--batch_size", type=int, help="Sequences per step (one length per batch).")
-    parser.add_argument("--lrs", nargs="+", type=float, help="Peak learning rates to try (each with every seed).")
-    parser.add_argument("--seeds", nargs="+", type=int, help="Seeds to try (init and training data).")
-    parser.add_argument("--weight_decay", type=float, help="AdamW weight decay of the matrices.")
+    add_sweep_arguments(parser)
     parser.add_argument("--supervision", choices=["every", "final"],
                         help="'every': the running answer at every position (default; learns in minutes); "
                              "'final': only each sequence's final answer, as in the paper.")
@@ -59,8 +57,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--eval_max_length", type=int, help="Longest evaluation sequence.")
     parser.add_argument("--eval_lengths", type=int, help="Evaluation lengths, evenly spaced from min to max.")
     parser.add_argument("--eval_sequences", type=int, help="Evaluation sequences per length.")
-    parser.add_argument("--workers", type=int, help="Processes running runs side by side (default: up to 2 cores).")
-    parser.add_argument("--output_dir", help="Where formal_languages.json/.md/.png go.")
+    add_output_arguments(parser, NAME)
     args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
     check_args(args)
     return args
@@ -72,10 +69,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_width(args.width)
     require_at_least_one(args, "layers", "xlstm_heads", "steps", "batch_size",
                          "eval_lengths", "eval_sequences", "train_min_length")
-    if any(lr <= 0 for lr in args.lrs):
-        raise ValueError(f"--lrs must be positive, got {args.lrs}.")
-    if args.weight_decay < 0:
-        raise ValueError(f"--weight_decay must be >= 0, got {args.weight_decay}.")
+    check_sweep(args)
     if args.width % args.xlstm_heads:
         raise ValueError(f"--width {args.width} must be divisible by --xlstm_heads {args.xlstm_heads}.")
     if not args.train_min_length <= args.train_max_length:

@@ -20,8 +20,8 @@ from .models import (
     build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan, step_cost,
 )
 from .runner import (
-    default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one, require_matplotlib,
-    run_jobs, Stopwatch, write_outputs,
+    add_output_arguments, add_sweep_arguments, check_sweep, default_workers, machine, parse_with_defaults,
+    quiet_transformers, require_at_least_one, require_matplotlib, run_jobs, Stopwatch, write_outputs,
 )
 from .tasks import IGNORE, mqar
 from .training import Progress, class_logits, final_loss, masked_cross_entropy, train
@@ -57,12 +57,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--vocab_size", type=int, help="Tokens: a filler, keys (first half), values (second half).")
     parser.add_argument("--steps", type=int, help="AdamW steps per run.")
     parser.add_argument("--batch_size", type=int, help="Sequences per step.")
-    parser.add_argument("--lrs", nargs="+", type=float, help="Peak learning rates to try (each with every seed).")
-    parser.add_argument("--seeds", nargs="+", type=int, help="Seeds to try (init and training data).")
-    parser.add_argument("--weight_decay", type=float, help="AdamW weight decay of the matrices.")
+    add_sweep_arguments(parser)
     parser.add_argument("--eval_sequences", type=int, help="Held-out sequences per setting.")
-    parser.add_argument("--workers", type=int, help="Processes running runs side by side (default: up to 2 cores).")
-    parser.add_argument("--output_dir", help="Where mqar.json/.md/.png go.")
+    add_output_arguments(parser, NAME)
     args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
     check_args(args)
     return args
@@ -76,10 +73,7 @@ def check_args(args: argparse.Namespace) -> None:
         if width % args.xlstm_heads:
             raise ValueError(f"--widths: {width} is not divisible by --xlstm_heads {args.xlstm_heads}.")
     require_at_least_one(args, "layers", "xlstm_heads", "steps", "batch_size", "eval_sequences")
-    if any(lr <= 0 for lr in args.lrs):
-        raise ValueError(f"--lrs must be positive, got {args.lrs}.")
-    if args.weight_decay < 0:
-        raise ValueError(f"--weight_decay must be >= 0, got {args.weight_decay}.")
+    check_sweep(args)
     for setting in args.settings:  # the generator says what does not fit
         mqar(1, *parse_setting(setting), args.vocab_size, torch.Generator())
 

@@ -58,6 +58,26 @@ def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | N
     return parser.parse_args(argv)
 
 
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hyperparameter sweep of the experiments that keep the best run: learning rates x seeds, and weight decay."""
+    parser.add_argument("--lrs", nargs="+", type=float, help="Peak learning rates to try (each with every seed).")
+    parser.add_argument("--seeds", nargs="+", type=int, help="Seeds to try (init and training data).")
+    parser.add_argument("--weight_decay", type=float, help="AdamW weight decay of the matrices.")
+
+
+def check_sweep(args: argparse.Namespace) -> None:
+    if any(lr <= 0 for lr in args.lrs):
+        raise ValueError(f"--lrs must be positive, got {args.lrs}.")
+    if args.weight_decay < 0:
+        raise ValueError(f"--weight_decay must be >= 0, got {args.weight_decay}.")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """Where the runs go (processes) and where the experiment `name` writes its JSON, table and plot."""
+    parser.add_argument("--workers", type=int, help="Processes running runs side by side (default: up to 2 cores).")
+    parser.add_argument("--output_dir", help=f"Where {name}.json/.md/.png go.")
+
+
 def require_at_least_one(args: argparse.Namespace, *flags: str) -> None:
     """ValueError naming the first of `flags` (integer options) that is below 1."""
     for flag in flags:
