@@ -186,14 +186,14 @@ def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, resets, cache_layer: xL
     resets (B,T) bool: document starts, where the state restarts from zero."""
     B, T, _ = q.shape
     H = config.num_heads
+    if mask is not None:  # a padded step: nothing enters (i = -inf), nothing is forgotten (lsig(+inf) = 0)
+        i = torch.where(mask[..., None], i, float("-inf"))
+        f = torch.where(mask[..., None], f, float("inf"))
     state = cache_layer.get_state() if cache_layer is not None else None
     kwargs = dict(backend=config.backend, eps=config.mlstm_eps)
     if T == 1 and state is not None:  # a decoding step: (B,1,H*K) -> (B,H,K) are views, no transposes
         q, k, v = (t.reshape(B, H, -1) for t in (q, k, v))
         i, f = i.reshape(B, H), f.reshape(B, H)
-        if mask is not None:  # a padded step: nothing enters (i = -inf), nothing is forgotten (lsig(+inf) = 0)
-            i = torch.where(mask, i, float("-inf"))
-            f = torch.where(mask, f, float("inf"))
         if resets is not None:  # one token: a document start is the zero state before the step
             carry = (~resets).to(torch.float32)  # (B, 1)
             state = tuple(s * carry.view(B, *[1] * (s.ndim - 1)) for s in state)
@@ -202,11 +202,6 @@ def _run_mlstm(config: xLSTMConfig, q, k, v, i, f, mask, resets, cache_layer: xL
         return h[:, None]  # (B,1,H,V)
     q, k, v = (t.reshape(B, T, H, -1).transpose(1, 2) for t in (q, k, v))  # (B,H,T,*)
     i, f = i.transpose(1, 2), f.transpose(1, 2)  # (B,H,T)
-    if mask is not None:
-        # A padded step: nothing enters (i = -inf) and nothing is forgotten (lsig(+inf) = 0).
-        keep = mask[:, None, :]
-        i = torch.where(keep, i, float("-inf"))
-        f = torch.where(keep, f, float("inf"))
     if cache_layer is None:
         return mlstm(q, k, v, i, f, chunk_size=config.chunk_size, resets=resets, **kwargs).transpose(1, 2)
     h, state = mlstm(q, k, v, i, f, initial_state=state, return_final_state=True, chunk_size=config.chunk_size,
