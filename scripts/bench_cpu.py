@@ -7,6 +7,11 @@ batch 4 x 512 tokens (forward + backward + AdamW step), greedy decoding at batch
 - hf_xlstm paper xLSTM[3:1] (mLSTM blocks with one sLSTM block at index 1) vs the official xlstm package's
   xLSTMLMModel of the same stack (its CPU kernels: the parallel mLSTM and the "vanilla" sLSTM loop).
 
+Each row also gives what bounds the ratio: the time hf_xlstm spends in dense (2-D) matrix multiplications - the
+linear layers, whose weights and shapes are the same in both models of the large pair - from a profile of one training
+step and of a generation, and the ratio to the peer that would remain if everything else took no time at all
+(`*_ceiling_vs_peer`: the peer's step time over hf_xlstm's GEMM time).
+
     python scripts/bench_cpu.py [--threads 2] [--json benchmarks/results/cpu.json]
 """
 
@@ -87,6 +92,17 @@ def train_step_seconds(model, ids: torch.Tensor, optimizer) -> float:
     return time.perf_counter() - start
 
 
+# 2-D GEMMs: the linear layers (the mLSTM and sLSTM internals and the headwise projections use batched matmuls)
+DENSE_GEMMS = ("aten::mm", "aten::addmm")
+
+
+def dense_gemm_seconds(fn) -> float:
+    """Seconds of one call of fn spent in dense matrix multiplications, from torch.profiler's self times."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in DENSE_GEMMS) / 1e6
+
+
 def train_tokens_per_s(models: dict, batch: int, length: int, steps: int) -> dict[str, float]:
     ids = torch.randint(0, SHAPE["vocab_size"], (batch, length))
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
@@ -97,7 +113,10 @@ def train_tokens_per_s(models: dict, batch: int, length: int, steps: int) -> dic
             seconds = train_step_seconds(model, ids, optimizers[name])
             if step >= 2:  # warm-up
                 times[name].append(seconds)
-    return {name: batch * length / statistics.median(t) for name, t in times.items()}
+    result = {name: batch * length / statistics.median(t) for name, t in times.items()}
+    gemm = {name: dense_gemm_seconds(lambda: train_step_seconds(model, ids, optimizers[name]))
+            for name, model in models.items()}
+    return result, gemm
 
 
 @torch.no_grad()
@@ -112,7 +131,10 @@ def decode_tokens_per_s(models: dict, new_tokens: int, repeats: int) -> dict[str
             model.generate(prompt, **kwargs)
             if step >= 1:
                 times[name].append(time.perf_counter() - start)
-    return {name: new_tokens / statistics.median(t) for name, t in times.items()}
+    result = {name: new_tokens / statistics.median(t) for name, t in times.items()}
+    gemm = {name: dense_gemm_seconds(lambda: model.generate(prompt, **kwargs)) / new_tokens
+            for name, model in models.items()}
+    return result, gemm
 
 
 def main() -> None:
@@ -131,19 +153,35 @@ def main() -> None:
     rows = []
     for make in (large_pair, paper_pair):
         trained, decoders = make()
-        train = train_tokens_per_s(trained, args.batch, args.length, args.steps)
-        decode = decode_tokens_per_s(decoders, args.new_tokens, args.repeats)
+        train, train_gemm = train_tokens_per_s(trained, args.batch, args.length, args.steps)
+        decode, decode_gemm = decode_tokens_per_s(decoders, args.new_tokens, args.repeats)
         ours, peer = trained
+        tokens = args.batch * args.length
         for name, model in trained.items():
             row = {"model": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
                    "train_tok_s": train[name], "train_vs_peer": train[name] / train[peer],
+                   "train_step_ms": tokens / train[name] * 1e3, "train_dense_gemm_ms": train_gemm[name] * 1e3,
                    "decode_tok_s": decode.get(name)}
+            if name in decode:
+                row["decode_ms_per_token"] = 1e3 / decode[name]
+                row["decode_dense_gemm_ms_per_token"] = decode_gemm[name] * 1e3
             if name in decode and peer in decode:
                 row["decode_vs_peer"] = decode[name] / decode[peer]
             rows.append(row)
             decode_text = f"decode {decode[name]:6.0f} tok/s" if name in decode else "decode    n/a"
             print(f"{name:36s} {row['params_M']:6.2f}M  train {row['train_tok_s']:8.0f} tok/s "
                   f"({row['train_vs_peer']:.2f}x {peer})  {decode_text}", flush=True)
+        # the bound: hf_xlstm's GEMM time against the peer's whole step
+        row = next(r for r in rows if r["model"] == ours)
+        peer_row = next(r for r in rows if r["model"] == peer)
+        row["train_ceiling_vs_peer"] = peer_row["train_step_ms"] / row["train_dense_gemm_ms"]
+        text = (f"  bound: dense GEMMs are {row['train_dense_gemm_ms']:.0f} of {row['train_step_ms']:.0f} ms of "
+                f"{ours}'s training step; with nothing else: {row['train_ceiling_vs_peer']:.2f}x the peer")
+        if "decode_ms_per_token" in peer_row:
+            row["decode_ceiling_vs_peer"] = peer_row["decode_ms_per_token"] / row["decode_dense_gemm_ms_per_token"]
+            text += (f"; decode: {row['decode_dense_gemm_ms_per_token']:.2f} of {row['decode_ms_per_token']:.2f} "
+                     f"ms/token, with nothing else: {row['decode_ceiling_vs_peer']:.2f}x")
+        print(text, flush=True)
 
     result = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
               "torch": torch.__version__, "batch": args.batch, "length": args.length, "rows": rows}

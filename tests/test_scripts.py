@@ -57,6 +57,12 @@ def test_bench_cpu_smoke(tmp_path):
     assert len(rows) == 4 and all(r["train_tok_s"] > 0 for r in rows.values())
     assert rows["hf_xlstm large (7B block)"]["decode_vs_peer"] > 0
     assert rows["official xlstm xLSTMLMModel[3:1]"]["decode_tok_s"] is None  # it has no generate()
+    # the bound: hf_xlstm's GEMM time, measured in a profile, against the peer's whole step
+    ours, peer = rows["hf_xlstm large (7B block)"], rows["transformers xlstm (7B block)"]
+    assert 0 < ours["train_dense_gemm_ms"] and 0 < ours["decode_dense_gemm_ms_per_token"]
+    assert ours["train_ceiling_vs_peer"] == pytest.approx(peer["train_step_ms"] / ours["train_dense_gemm_ms"])
+    assert ours["decode_ceiling_vs_peer"] == pytest.approx(
+        peer["decode_ms_per_token"] / ours["decode_dense_gemm_ms_per_token"])
 
 
 # ---------------------------------------------------------------------------------------------------- user errors
