@@ -1,4 +1,4 @@
-"""Generation speed of hf_xlstm against transformers' built-in xLSTM with the same weights, interleaved in one
+r"""Generation speed of hf_xlstm against transformers' built-in xLSTM with the same weights, interleaved in one
 process (A B A B ..., medians), so machine noise hits both alike.
 
 Rows: batch size x prompt length, each with
@@ -6,11 +6,15 @@ Rows: batch size x prompt length, each with
 - hf_xlstm compiled: transformers' recipe, `cache_implementation="static"` and `model.forward = torch.compile(...)`,
 - transformers' xLSTM (the same xLSTM-7B block and weights, its native kernels, its own cache).
 Decode tokens/s: generated tokens over the time between the first and the last new token (the prefill left out).
+With at least 2048 new tokens a row also gives the speed over the first and over the last 1024 of them (is decoding
+flat in the number of tokens?). Before timing, each compiled model's greedy tokens are compared with eager's on the
+same prompt (`compiled same tokens as eager`: reported, not asserted; a random-weight model's near-ties can flip
+under a compiler's different rounding on a GPU).
 
     python scripts/bench_generate.py                       # CPU: the bench_cpu shape (hidden 256, 4 blocks)
     python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat16 --no-builtin   # on a GPU
-    python scripts/bench_generate.py --shape 7b --device cuda --dtype bfloat16 --no-builtin --prompts 16 \
-        --new-tokens 16384 --batches 1                                                   # flat to 16k tokens?
+    python scripts/bench_generate.py --shape 7b --device cuda --dtype bfloat16 --no-builtin --no-eager --prompts 16 \
+        --new-tokens 16384 --batches 1 --repeats 1                                       # flat to 16k tokens?
     python scripts/bench_generate.py --json benchmarks/results/generate_cpu.json
 """
 
@@ -43,10 +47,12 @@ def models(shape: str, device: str, dtype: torch.dtype, builtin: bool = True):
     torch.manual_seed(0)
     config = xLSTMConfig(**SHAPES[shape], block_style="large", output_logit_soft_cap=30.0, pad_token_id=0,
                          bos_token_id=1, eos_token_id=2)
-    ours = xLSTMForCausalLM(config)
+    with torch.device(device):  # initialized where it runs: the 7B shape in host memory would take minutes
+        ours = xLSTMForCausalLM(config)
     peer = None
     if builtin:
-        peer = BuiltinModel(config_to_transformers(config))
+        with torch.device(device):
+            peer = BuiltinModel(config_to_transformers(config))
         peer.load_state_dict(state_dict_to_transformers(ours.state_dict(), config))
         peer = peer.to(device, dtype).eval()
     return ours.to(device, dtype).eval(), peer
@@ -71,13 +77,19 @@ class TokenClock(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def decode_seconds_per_step(model, prompt, new_tokens: int, device: str) -> float:
-    """Seconds per decoding step of a greedy generate() of `new_tokens` tokens (the prefill left out)."""
+def decode_step_seconds(model, prompt, new_tokens: int, device: str) -> list[float]:
+    """The seconds of each decoding step of a greedy generate() of `new_tokens` tokens (the prefill left out)."""
     clock = TokenClock(device)
     with torch.no_grad():
         model.generate(prompt, do_sample=False, pad_token_id=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                        stopping_criteria=StoppingCriteriaList([clock]))
-    return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
+    return [later - earlier for earlier, later in zip(clock.times, clock.times[1:])]
+
+
+def greedy_tokens(model, prompt, new_tokens: int = 32) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(prompt, do_sample=False, pad_token_id=0, max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens)
 
 
 def main() -> None:
@@ -96,12 +108,16 @@ def main() -> None:
                              "elsewhere")
     parser.add_argument("--no-builtin", action="store_true",
                         help="leave out transformers' xLSTM (its native kernels fail in bf16); rows give tok/s only")
+    parser.add_argument("--no-eager", action="store_true",
+                        help="leave out hf_xlstm's eager generate() (long runs of a large model on a GPU)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    if args.no_eager and args.no_compile:
+        parser.error("--no-eager with --no-compile leaves no hf_xlstm model to time")
     ours, builtin = models(args.shape, args.device, dtype, builtin=not args.no_builtin)
-    runners = {"hf_xlstm eager": ours}
+    runners = {} if args.no_eager else {"hf_xlstm eager": ours}
     if builtin is not None:
         runners["transformers xlstm"] = builtin
     if not args.no_compile:
@@ -116,14 +132,21 @@ def main() -> None:
         for length in [int(p) for p in args.prompts.split(",")]:
             prompt = torch.randint(3, SHAPES[args.shape]["vocab_size"], (batch, length), device=args.device)
             for model in runners.values():  # warm-up (and compilation) at this shape
-                decode_seconds_per_step(model, prompt, 4, args.device)
-            times = {name: [] for name in runners}
+                decode_step_seconds(model, prompt, 4, args.device)
+            row = {"batch": batch, "prompt": length}
+            if "hf_xlstm eager" in runners and "hf_xlstm compiled" in runners:
+                row["compiled same tokens as eager"] = torch.equal(greedy_tokens(runners["hf_xlstm compiled"], prompt),
+                                                                   greedy_tokens(runners["hf_xlstm eager"], prompt))
+            steps = {name: [] for name in runners}  # per repeat: the seconds of each step
             for _ in range(args.repeats):
                 for name, model in runners.items():
-                    times[name].append(decode_seconds_per_step(model, prompt, args.new_tokens, args.device))
-            row = {"batch": batch, "prompt": length}
+                    steps[name].append(decode_step_seconds(model, prompt, args.new_tokens, args.device))
             for name in runners:
-                row[f"{name} decode tok/s"] = batch / statistics.median(times[name])
+                row[f"{name} decode tok/s"] = batch / statistics.median(statistics.fmean(s) for s in steps[name])
+                if args.new_tokens >= 2048:  # flat in the number of tokens? the first and the last 1024 steps
+                    for part, window in (("first", slice(None, 1024)), ("last", slice(-1024, None))):
+                        row[f"{name} decode tok/s, {part} 1024"] = batch / statistics.median(
+                            statistics.fmean(s[window]) for s in steps[name])
             if builtin is not None:
                 base = row["transformers xlstm decode tok/s"]
                 for name in runners:

@@ -65,6 +65,28 @@ def test_bench_cpu_smoke(tmp_path):
         peer["decode_ms_per_token"] / ours["decode_dense_gemm_ms_per_token"])
 
 
+def test_bench_generate_smoke(tmp_path):
+    """The generation benchmark, eager only, long enough for the first/last 1024-token speeds (flat decoding)."""
+    out = tmp_path / "generate.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_generate.py"), "--batches", "1", "--prompts", "4",
+         "--new-tokens", "2048", "--repeats", "1", "--no-compile", "--no-builtin", "--threads", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    (row,) = json.loads(out.read_text())["rows"]
+    speeds = [row[f"hf_xlstm eager decode tok/s{part}"] for part in ("", ", first 1024", ", last 1024")]
+    assert all(speed > 0 for speed in speeds)
+    # the state does not grow: the last 1024 steps are not much slower than the first (loose: a shared machine)
+    assert speeds[2] > speeds[1] / 3
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_generate.py"), "--no-eager", "--no-compile"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "leaves no hf_xlstm model to time" in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------------- user errors
 # (script, arguments, what the one line must say). Each fails before any model or data loading, except the unknown
 # preset, which the pretraining run finds once the data is read: a small corpus keeps that short.
