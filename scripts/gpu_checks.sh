@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of fast generation, in one run of about 8 minutes on one H100/H200 (CUDA torch with triton, and the
 # project installed with its requirements):
-#   1. the Triton kernels against the native references at real sizes, and the fused decode step's timing;
+#   1. the Triton kernels against the native references at real sizes, and the fused decode step's timing; the
+#      static-cache tests on the GPU (the Triton kernels inside a compiled step, CUDA graphs giving eager's tokens);
 #   2. batch-1 decoding of the 350M stack, eager and compiled (CUDA graphs), after prompts of 16 and 4096 tokens,
 #      with the compiled model's greedy tokens compared with eager's;
 #   3. the xLSTM-7B shape (random bf16 weights), compiled, to 16k generated tokens: the speed over the first and the
@@ -11,10 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results/gpu}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+status=0
+step() {  # a failed check is reported and the others still run; the exit status says whether all passed
+    echo "== $*"
+    "$@" || { echo "FAILED: $*"; status=1; }
+}
 
-python scripts/bench_kernels.py --quick --skip mlstm,slstm --out "$out/kernels_checks.json"
-python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat16 --no-builtin --batches 1 \
+step python scripts/bench_kernels.py --quick --skip mlstm,slstm --out "$out/kernels_checks.json"
+step python -m pytest -q tests/test_static_cache.py -k cuda --junitxml "$out/static_cache_tests.xml"
+step python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat16 --no-builtin --batches 1 \
     --prompts 16,4096 --new-tokens 256 --repeats 1 --json "$out/generate_350m.json"
-python scripts/bench_generate.py --shape 7b --device cuda --dtype bfloat16 --no-builtin --no-eager --batches 1 \
+step python scripts/bench_generate.py --shape 7b --device cuda --dtype bfloat16 --no-builtin --no-eager --batches 1 \
     --prompts 16 --new-tokens 16384 --repeats 1 --json "$out/generate_7b.json"
+exit $status
