@@ -4,7 +4,7 @@
   steps in one process on the whole batch, for a paper xLSTM[1:1] (an mLSTM and an sLSTM block) and a large-block
   model, with and without activation checkpointing, and with a tied LM head; the consolidated folder loads in one
   process and gives the sharded model's logits.
-- scripts/pretrain.py --fsdp full_shard (the README's command): sharded checkpoints; resumed in a new pair of
+- scripts/pretrain.py --fsdp (the README's command): sharded checkpoints; resumed in a new pair of
   processes, the losses continue as in the uninterrupted run; the consolidated folder loads in one process and
   equals a one-process run on the same batches.
 """
@@ -95,7 +95,7 @@ def test_fsdp_bf16_computes_in_bf16_and_keeps_float32_weights(worker):
 
 
 # ---------------------------------------------------------------------------------------------------- the script
-FSDP_RUN = [*SHORT_RUN, "--per_device_train_batch_size", "2", "--ddp_backend", "gloo", "--fsdp", "full_shard",
+FSDP_RUN = [*SHORT_RUN, "--per_device_train_batch_size", "2", "--ddp_backend", "gloo", "--fsdp",
             "--fsdp_config", '{"activation_checkpointing": true}']
 
 
@@ -146,7 +146,7 @@ def test_pretrain_script_fsdp_equals_one_process(script_runs, tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------- bad input
 def test_fsdp_in_one_process_says_to_launch_with_torchrun():
     with pytest.raises(ValueError, match="launch with torchrun"):
-        parse_args([*SHORT_RUN, "--fsdp", "full_shard", "--output_dir", "unused"])
+        parse_args([*SHORT_RUN, "--fsdp", "--output_dir", "unused"])
 
 
 def fsdp_args(fsdp_config=None, **flags):

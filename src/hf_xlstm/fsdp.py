@@ -1,7 +1,7 @@
 """FSDP2 training of hf_xlstm models: each block its own shard unit, sharded checkpoints, one consolidated folder.
 
 accelerate shards a model only on accelerators: with CPU processes it drops `--fsdp` and runs DDP. So that
-`torchrun --nproc_per_node N scripts/pretrain.py --fsdp full_shard` behaves the same on CPU processes (gloo) and on
+`torchrun --nproc_per_node N scripts/pretrain.py --fsdp` behaves the same on CPU processes (gloo) and on
 GPUs (nccl), the library shards the model itself with torch's `fully_shard` and hands Trainer a model that is
 distributed already:
 
@@ -85,7 +85,7 @@ def fsdp_settings(args: TrainingArguments) -> FSDPSettings | None:
         return None
     if args.parallel_mode != ParallelMode.DISTRIBUTED:
         raise ValueError("--fsdp shards the model across processes: launch with torchrun, e.g. "
-                         "`torchrun --nproc_per_node 2 scripts/pretrain.py --fsdp full_shard ...`.")
+                         "`torchrun --nproc_per_node 2 scripts/pretrain.py --fsdp ...`.")
     config = dict(args.fsdp_config or {})
     for key, default in FSDP_CONFIG_DEFAULTS.items():
         if config.get(key, default) != default:
