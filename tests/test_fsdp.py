@@ -69,6 +69,8 @@ def test_fsdp_steps_equal_one_process_on_the_whole_batch(worker, case):
     # with activation checkpointing each block ran its forward again in the backward, inside its FSDP unit
     assert got["forward_calls"] == STEPS * (2 if "checkpointing" in case else 1)
     assert got["tied"] == ("tied" in case)
+    # process 0's weights reach the others: process 1 may hold nothing but the architecture before sharding
+    assert got["built_on_meta"] == [False, "meta" in case]
 
     # the consolidated folder, in one process: the sharded model's logits, and the one-process model's
     loaded = xLSTMForCausalLM.from_pretrained(out / case).eval()

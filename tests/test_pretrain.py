@@ -268,6 +268,23 @@ def test_continue_from_saved_weights(run, tmp_path):
     assert (out / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
 
 
+def test_fsdp_processes_beyond_the_first_build_the_architecture_on_meta(run):
+    """What an --fsdp run's processes other than 0 build: the same architecture, nothing in memory (their shards
+    are filled from process 0), from a saved folder and from a preset alike."""
+    from transformers import AutoTokenizer
+
+    from hf_xlstm.pretraining import build_model
+
+    folder, _ = run
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for model_args in (ModelArguments(model_name_or_path=str(folder)), ModelArguments(preset="tiny")):
+        real, meta = (build_model(model_args, tokenizer, on_meta=on_meta) for on_meta in (False, True))
+        assert all(p.is_meta for p in meta.parameters()) and not any(p.is_meta for p in real.parameters())
+        fields = [{k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"} for m in (meta, real)]
+        assert fields[0] == fields[1]
+        assert {n: p.shape for n, p in meta.named_parameters()} == {n: p.shape for n, p in real.named_parameters()}
+
+
 def test_each_prompt_samples_with_its_own_seed(run):
     # the same prompt twice: two different continuations (a shared stream, or a cache that lost its state,
     # gave every sample the same ending)

@@ -10,7 +10,9 @@ distributed already:
     trainer.save_model(output_dir)  # on every process: the full weights are gathered, process 0 writes them
 
 - `shard_model` wraps every block (the classes in the model's `_no_split_modules`) and then the root module, which
-  keeps the embedding, the final norm and the LM head together, so a tied LM head stays one parameter. With bf16
+  keeps the embedding, the final norm and the LM head together, so a tied LM head stays one parameter. The weights
+  are process 0's, sent to the others shard by shard; the other processes may build the model on the meta device
+  (no memory, no initialization), so only process 0 ever holds the whole model (scripts/pretrain.py does so). With bf16
   (`--bf16`, on by default on GPUs that support it) the model computes with bf16 copies of the parameters while
   the sharded parameters, the optimizer and the gradient reductions stay float32 (the recurrent states are float32
   in the kernels whatever the parameter dtype).
@@ -123,12 +125,19 @@ def shard_model(model: torch.nn.Module, device_type: str = "cpu", bf16: bool = F
                 reshard_after_forward: bool = True) -> torch.nn.Module:
     """Shard `model` in place with FSDP2 over all processes of the default process group, on `device_type`
     ("cpu" with gloo, "cuda" with nccl): each block (the classes in the model's `_no_split_modules`) first, then the
-    root module. Every process must pass a model with the same parameters (same seed or same weights). With `bf16`,
-    the model computes with bf16 copies of the parameters and gradients are reduced in float32; the sharded
-    parameters keep their dtype. Returns the model."""
+    root module. The sharded model holds process 0's weights: every process passes the same architecture, and the
+    processes other than 0 may pass it on the meta device (built under `torch.device("meta")`: no memory, no
+    initialization), since their shards are allocated here and filled from process 0. With `bf16`, the model
+    computes with bf16 copies of the parameters and gradients are reduced in float32; the sharded parameters keep
+    their dtype. Returns the model."""
     if not dist.is_initialized():
         raise ValueError("shard_model needs torch.distributed: launch with torchrun (Trainer's arguments or "
                          "torch.distributed.init_process_group set up the process group).")
+    # process 0's full weights, taken before sharding (references, not copies), to send to the others after it
+    weights = model.state_dict() if dist.get_rank() == 0 else {}
+    if any(t.is_meta for t in weights.values()):
+        raise ValueError("shard_model: process 0 passed a model on the meta device; its weights are the model's, so "
+                         "process 0 builds (or loads) the model for real, the others may use the meta device.")
     block_classes = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [module for module in model.modules() if type(module).__name__ in block_classes]
     if not blocks:
@@ -142,6 +151,9 @@ def shard_model(model: torch.nn.Module, device_type: str = "cpu", bf16: bool = F
     # The root unit holds the embedding, the final norm and the LM head: a tied head is the embedding's parameter,
     # sharded once there and still the same parameter in both modules.
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp_policy)
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=device_type)  # this process's shards only, filled just below
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model
 
 

@@ -19,6 +19,7 @@ baseline) and samples.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -204,19 +205,22 @@ def config_overrides(model_args: ModelArguments) -> dict[str, Any]:
     return overrides
 
 
-def build_model(model_args: ModelArguments, tokenizer) -> xLSTMForCausalLM:
+def build_model(model_args: ModelArguments, tokenizer, on_meta: bool = False) -> xLSTMForCausalLM:
     """A fresh model from --config / --preset (+ overrides), or weights from --model_name_or_path. The vocabulary
-    and special token ids follow the tokenizer."""
+    and special token ids follow the tokenizer. `on_meta`: the architecture alone, its parameters on the meta
+    device (no memory, no initialization, nothing read): what the processes other than 0 of an --fsdp run build,
+    whose shards are then filled with process 0's weights."""
     token_ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                      bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
     overrides = config_overrides(model_args)
-    if model_args.model_name_or_path:
+    if model_args.model_name_or_path and not on_meta:
         model = xLSTMForCausalLM.from_pretrained(model_args.model_name_or_path, **overrides)
-        if model.config.vocab_size < len(tokenizer):
-            raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size};"
-                             " use the tokenizer the model was trained with (--tokenizer_name).")
+        _check_vocabulary(model.config, tokenizer)
         return model
-    if model_args.config:
+    if model_args.model_name_or_path:
+        config = xLSTMConfig.from_pretrained(model_args.model_name_or_path, **overrides)
+        _check_vocabulary(config, tokenizer)
+    elif model_args.config:
         path = Path(model_args.config)
         path = path / "config.json" if path.is_dir() else path
         if not path.is_file():
@@ -229,7 +233,14 @@ def build_model(model_args: ModelArguments, tokenizer) -> xLSTMForCausalLM:
         config = preset_config(model_args.preset, **{**overrides, **token_ids})
     else:
         config = xLSTMConfig(**{**overrides, **token_ids})
-    return xLSTMForCausalLM(config)
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        return xLSTMForCausalLM(config)
+
+
+def _check_vocabulary(config: xLSTMConfig, tokenizer) -> None:
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}; use the "
+                         "tokenizer the model was trained with (--tokenizer_name).")
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -363,7 +374,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
                       "block size": data_args.block_size, "tokenizer": model_args.tokenizer_name
                       or f"byte-level BPE, {len(tokenizer)} tokens, trained on the training split"})
 
-    model = build_model(model_args, tokenizer)
+    # --fsdp: only process 0 builds (or loads) the whole model; the others' shards are filled from it
+    model = build_model(model_args, tokenizer, on_meta=bool(training_args.fsdp) and training_args.process_index != 0)
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=0.8, top_k=40, max_new_tokens=data_args.sample_new_tokens,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
