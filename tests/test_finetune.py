@@ -70,6 +70,19 @@ def test_full_finetune_script(tokenizer, text_file, tmp_path):
     assert (out / "tokenizer.json").is_file() and (out / "modeling_xlstm.py").is_file()
 
 
+def test_finetune_script_writes_checkpoints(tokenizer, text_file, tmp_path):
+    # Trainer pickles the command line's arguments into each checkpoint (training_args.bin): their class must be
+    # importable, not local to a function
+    from hf_xlstm.finetuning import main
+
+    folder = save_tiny_model(tmp_path / "base", "large", tokenizer)
+    out = tmp_path / "ft"
+    main(["--model_name_or_path", str(folder), "--output_dir", str(out), "--train_files", str(text_file),
+          "--block_size", "32", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"])
+    args = torch.load(out / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert args.max_steps == 2 and (out / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("style", ["paper", "large"])
 def test_lora_finetune(style, tokenizer, text_file, tmp_path):
     from peft import PeftModel

@@ -145,6 +145,29 @@ def test_pretrain_script_fsdp_equals_one_process(script_runs, tmp_path_factory):
     assert rel_diff(logits_of(run), logits_of(single_folder)) <= REL
 
 
+def test_finetune_script_fsdp_equals_one_process(tmp_path):
+    """scripts/finetune.py --fsdp (full fine-tuning, 2 processes of 4 blocks per step; process 1 never reads the
+    weights) gives the losses and the weights of one process on 8 blocks per step."""
+    from hf_xlstm.finetuning import main
+    from test_lm_eval import corpus, make_tokenizer, save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "base", "large", make_tokenizer())
+    text = tmp_path / "train.txt"
+    text.write_text(" ".join(corpus(300, seed=2)))
+    common = ["--model_name_or_path", folder, "--train_files", text, "--block_size", "32", "--max_steps", "4",
+              "--learning_rate", "3e-3", "--logging_steps", "1"]
+    torchrun(ROOT / "scripts" / "finetune.py", *common, "--per_device_train_batch_size", "4", "--use_cpu", "true",
+             "--ddp_backend", "gloo", "--fsdp", "--output_dir", tmp_path / "sharded")
+    single = main([*map(str, common), "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "single")])
+    sharded = json.loads((tmp_path / "sharded" / "finetune_results.json").read_text())
+    assert [step for step, _ in sharded["losses"]] == [1, 2, 3, 4]
+    for (step, a), (_, b) in zip(sharded["losses"], single["losses"], strict=True):
+        assert abs(a - b) <= REL * abs(b), (step, a, b)
+    assert rel_diff(logits_of(tmp_path / "sharded"), logits_of(tmp_path / "single")) <= REL
+    assert rel_diff(logits_of(tmp_path / "sharded"), logits_of(folder)) > 100 * REL  # the weights did move
+    assert (tmp_path / "sharded" / "tokenizer.json").is_file()
+
+
 # ---------------------------------------------------------------------------------------------------- bad input
 def test_fsdp_in_one_process_says_to_launch_with_torchrun():
     with pytest.raises(ValueError, match="launch with torchrun"):
@@ -176,6 +199,16 @@ def test_fsdp_settings_and_refused_combinations():
     for args, message in refused:
         with pytest.raises(ValueError, match=message):
             fsdp_settings(args)
+
+
+def test_finetune_fsdp_refuses_lora_and_one_process():
+    from hf_xlstm.finetuning import _check_fsdp, parse_args as finetune_args
+
+    assert _check_fsdp(fsdp_args(), lora=False) and not _check_fsdp(fsdp_args(fsdp=None), lora=True)
+    with pytest.raises(ValueError, match="--fsdp with --lora"):
+        _check_fsdp(fsdp_args(), lora=True)
+    with pytest.raises(ValueError, match="launch with torchrun"):
+        finetune_args(["--model_name_or_path", "m", "--output_dir", "o", "--train_files", "t.txt", "--fsdp"])
 
 
 def test_resuming_an_fsdp_checkpoint_without_fsdp_is_refused(tmp_path):

@@ -20,12 +20,22 @@ saves nothing. The sLSTM recurrent matrices and biases stay frozen under LoRA.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
+
+from .configuration_xlstm import xLSTMConfig
+from .data import load_tokenizer, pack_documents, read_documents, text_column_only
+from .fsdp import FSDPTrainer, fsdp_settings
+from .modeling_xlstm import xLSTMForCausalLM
 
 LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "large": ("q", "k", "v", "ogate", "out_proj", "proj_up_gate", "proj_up", "proj_down"),
@@ -97,10 +107,6 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
     `args`, a TrainingArguments object (the command line's), used as it is.
     Returns the logged losses and metrics (also written to output_dir/finetune_results.json).
     """
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
-    from .data import load_tokenizer, pack_documents, read_documents, text_column_only
-    from .modeling_xlstm import xLSTMForCausalLM
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
@@ -118,22 +124,29 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
             documents = read_documents(train_files, text_column)
         train_blocks = pack_documents(documents, tokenizer, block_size, "the fine-tuning text",
                                       boundaries=document_boundaries)
-    base = xLSTMForCausalLM.from_pretrained(model_dir)
-    if len(tokenizer) > base.config.vocab_size:
-        raise ValueError(f"The tokenizer in {model_dir} has {len(tokenizer)} tokens but the model only "
-                         f"{base.config.vocab_size}: they do not belong together.")
     if args is None:
         defaults = dict(output_dir=str(output_dir / "checkpoints"), save_strategy="no", report_to=[],
                         logging_steps=10, learning_rate=1e-4 if not lora else 1e-3, per_device_train_batch_size=8)
         args = TrainingArguments(**{**defaults, **training_args})
     elif training_args:
         raise TypeError(f"Give TrainingArguments fields either in `args` or as keywords, not both: {training_args}.")
+    sharded = _check_fsdp(args, lora)
+    if sharded and args.process_index != 0:
+        # only process 0 reads the weights; the others' shards are filled from it (hf_xlstm.fsdp.shard_model)
+        with torch.device("meta"):
+            base = xLSTMForCausalLM(xLSTMConfig.from_pretrained(model_dir))
+    else:
+        base = xLSTMForCausalLM.from_pretrained(model_dir)
+    if len(tokenizer) > base.config.vocab_size:
+        raise ValueError(f"The tokenizer in {model_dir} has {len(tokenizer)} tokens but the model only "
+                         f"{base.config.vocab_size}: they do not belong together.")
     model = prepare_model(base, lora, **(lora_options or {}))
     if lora and (args.activation_checkpointing or getattr(args, "gradient_checkpointing", None)):
         # the embedding is frozen under LoRA: checkpointed blocks need an input that requires grad
         model.enable_input_require_grads()
-    trainer = Trainer(model=model, args=args, train_dataset=train_blocks, eval_dataset=eval_blocks,
-                      data_collator=default_data_collator)
+    trainer_class = FSDPTrainer if sharded else Trainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_blocks, eval_dataset=eval_blocks,
+                            data_collator=default_data_collator)
     result = trainer.train()
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "losses": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
@@ -142,6 +155,8 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=eval_loss, perplexity=math.exp(eval_loss))
 
+    if sharded:  # every process: the full weights are gathered, process 0 writes the folder
+        trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         if lora:
@@ -151,10 +166,22 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
                 model.merge_and_unload().save_pretrained(output_dir)
                 tokenizer.save_pretrained(output_dir)
         else:
-            model.save_pretrained(output_dir)
+            if not sharded:
+                model.save_pretrained(output_dir)
             tokenizer.save_pretrained(output_dir)
         (output_dir / "finetune_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _check_fsdp(args, lora) -> bool:
+    """Whether the run shards the model (--fsdp under torchrun: hf_xlstm.fsdp, as in pretraining); a combination
+    that cannot work fails here, before any weights are read."""
+    if fsdp_settings(args) is None:
+        return False
+    if lora:
+        raise ValueError("--fsdp with --lora: LoRA trains small adapters on a frozen model, which fits every process "
+                         "as it is; run it data parallel (torchrun without --fsdp). --fsdp is for full fine-tuning.")
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------- command line
@@ -184,29 +211,20 @@ class FinetuneArguments:
         "help": "With --lora: also save the merged model (false: the adapter only)."})
 
 
-def _training_arguments_class():
-    from transformers import TrainingArguments
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments; output_dir is where the fine-tuned model is saved. A module-level class:
+    Trainer pickles its arguments into every checkpoint and saved folder (training_args.bin)."""
 
-    @dataclass
-    class FinetuneTrainingArguments(TrainingArguments):
-        """transformers' TrainingArguments; output_dir is where the fine-tuned model is saved."""
-
-        learning_rate: float | None = field(default=None, metadata={"help": "Default: 1e-4, or 1e-3 with --lora."})
-        per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per device and step."})
-        logging_steps: float = field(default=10, metadata={"help": "Log the loss every N steps."})
-        save_strategy: str = field(default="no", metadata={"help": "Checkpoints while training (default: none)."})
-
-    return FinetuneTrainingArguments
+    learning_rate: float | None = field(default=None, metadata={"help": "Default: 1e-4, or 1e-3 with --lora."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per device and step."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpoints while training (default: none)."})
 
 
 def parse_args(argv: Sequence[str] | None = None):
     """(FinetuneArguments, TrainingArguments) from command-line style arguments or a .json file."""
-    import dataclasses
-    import sys
-
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((FinetuneArguments, _training_arguments_class()))
+    parser = HfArgumentParser((FinetuneArguments, FinetuneTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         finetune_args, training_args = parser.parse_json_file(argv[0])
@@ -220,6 +238,7 @@ def parse_args(argv: Sequence[str] | None = None):
         raise ValueError("Give either --train_files or --dataset_name: one source of training text.")
     if training_args.learning_rate is None:
         training_args = dataclasses.replace(training_args, learning_rate=1e-3 if finetune_args.lora else 1e-4)
+    _check_fsdp(training_args, finetune_args.lora)  # before any data or weights are read
     return finetune_args, training_args
 
 
