@@ -70,17 +70,29 @@ def test_full_finetune_script(tokenizer, text_file, tmp_path):
     assert (out / "tokenizer.json").is_file() and (out / "modeling_xlstm.py").is_file()
 
 
-def test_finetune_script_writes_checkpoints(tokenizer, text_file, tmp_path):
+def test_finetune_script_checkpoints_and_resumes_exactly(tokenizer, text_file, tmp_path):
     # Trainer pickles the command line's arguments into each checkpoint (training_args.bin): their class must be
-    # importable, not local to a function
+    # importable, not local to a function. --resume_from_checkpoint continues the run where it stood.
+    from safetensors.torch import load_file
+
     from hf_xlstm.finetuning import main
 
     folder = save_tiny_model(tmp_path / "base", "large", tokenizer)
-    out = tmp_path / "ft"
-    main(["--model_name_or_path", str(folder), "--output_dir", str(out), "--train_files", str(text_file),
-          "--block_size", "32", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"])
-    args = torch.load(out / "checkpoint-2" / "training_args.bin", weights_only=False)
-    assert args.max_steps == 2 and (out / "model.safetensors").is_file()
+    flags = ["--model_name_or_path", str(folder), "--train_files", str(text_file), "--block_size", "32",
+             "--max_steps", "4", "--learning_rate", "3e-3", "--logging_steps", "1", "--save_strategy", "steps",
+             "--save_steps", "2"]
+    whole = main([*flags, "--output_dir", str(tmp_path / "whole")])
+    args = torch.load(tmp_path / "whole" / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert args.max_steps == 4
+    resumed = main([*flags, "--output_dir", str(tmp_path / "resumed"),
+                    "--resume_from_checkpoint", str(tmp_path / "whole" / "checkpoint-2")])
+    assert resumed["losses"] == whole["losses"] and len(whole["losses"]) == 4  # steps 1-2 from the checkpoint
+    # only steps 3-4 ran: the resumed run wrote the step-4 checkpoint, not a step-2 one of its own
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-4"]
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="no checkpoint-\\* folder"):
+        main([*flags, "--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
 
 
 @pytest.mark.parametrize("style", ["paper", "large"])

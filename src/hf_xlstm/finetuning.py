@@ -34,7 +34,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, default_d
 
 from .configuration_xlstm import xLSTMConfig
 from .data import load_tokenizer, pack_documents, read_documents, text_column_only
-from .fsdp import FSDPTrainer, fsdp_settings
+from .fsdp import FSDPTrainer, checkpoint_to_resume, fsdp_settings
 from .modeling_xlstm import xLSTMForCausalLM
 
 LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
@@ -131,6 +131,7 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
     elif training_args:
         raise TypeError(f"Give TrainingArguments fields either in `args` or as keywords, not both: {training_args}.")
     sharded = _check_fsdp(args, lora)
+    resume = checkpoint_to_resume(args)  # --resume_from_checkpoint (a folder, or "last" in the checkpoints' folder)
     if sharded and args.process_index != 0:
         # only process 0 reads the weights; the others' shards are filled from it (hf_xlstm.fsdp.shard_model)
         with torch.device("meta"):
@@ -147,7 +148,7 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
     trainer_class = FSDPTrainer if sharded else Trainer
     trainer = trainer_class(model=model, args=args, train_dataset=train_blocks, eval_dataset=eval_blocks,
                             data_collator=default_data_collator)
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "losses": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
                                "lora": bool(lora)}

@@ -50,6 +50,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
 SHARDED_MODEL = "sharded_model"
@@ -119,6 +120,30 @@ def fsdp_settings(args: TrainingArguments) -> FSDPSettings | None:
             raise ValueError(f"{flag} cannot be combined with --fsdp: {reason}.")
     return FSDPSettings(reshard_after_forward=_flag(config, "reshard_after_forward", True),
                         activation_checkpointing=_flag(config, "activation_checkpointing", False))
+
+
+def checkpoint_to_resume(args: TrainingArguments) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint` names ("last": the newest `checkpoint-*` in --output_dir),
+    or None without the flag. A sharded checkpoint (of an --fsdp run) resumes only with --fsdp, a plain one only
+    without: each holds the model and optimizer state the other cannot read."""
+    resume = args.resume_from_checkpoint
+    if resume in ("last", "latest", "True", "true"):
+        output_dir = Path(args.output_dir)
+        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no checkpoint-* folder in "
+                             f"{output_dir}.")
+    if resume is None:
+        return None
+    if not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
+    sharded = (Path(resume) / SHARDED_MODEL).is_dir()
+    if sharded != bool(args.fsdp):
+        raise ValueError(f"--resume_from_checkpoint {resume}: " + (
+            "a checkpoint of an --fsdp run (sharded model and optimizer); resume it with --fsdp." if sharded else
+            f"not a checkpoint of an --fsdp run (no {SHARDED_MODEL}/ folder); resume it without --fsdp, or start "
+            "from its weights with --model_name_or_path."))
+    return str(resume)
 
 
 def shard_model(model: torch.nn.Module, device_type: str = "cpu", bf16: bool = False,

@@ -42,11 +42,10 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_xlstm import xLSTMConfig
 from .data import EMBEDDED_CORPUS, load_documents, load_tokenizer, pack_documents, train_bpe_tokenizer
-from .fsdp import SHARDED_MODEL, FSDPTrainer, fsdp_settings
+from .fsdp import FSDPTrainer, checkpoint_to_resume, fsdp_settings
 from .model_card import template_path, write_model_card
 from .modeling_xlstm import xLSTMForCausalLM
 from .presets import PRESETS, preset_config
@@ -337,20 +336,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments,
     start = time.time()
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
-    resume = training_args.resume_from_checkpoint
-    if resume in ("last", "latest", "True", "true"):
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if resume is None:
-            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no checkpoint-* "
-                             f"folder in {output_dir}.")
-    if resume is not None and not Path(resume).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
-    sharded = resume is not None and (Path(resume) / SHARDED_MODEL).is_dir()
-    if resume is not None and sharded != bool(training_args.fsdp):
-        raise ValueError(f"--resume_from_checkpoint {resume}: " + (
-            "a checkpoint of an --fsdp run (sharded model and optimizer); resume it with --fsdp." if sharded else
-            f"not a checkpoint of an --fsdp run (no {SHARDED_MODEL}/ folder); resume it without --fsdp, or start "
-            "from its weights with --model_name_or_path."))
+    resume = checkpoint_to_resume(training_args)
 
     template_path()  # fail now, not after training, if the model card template cannot be found
     docs, data_info = load_documents(
