@@ -255,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
                        text_column=args.text_column, document_boundaries=args.document_boundaries,
                        args=training_args)
-    for step, loss in metrics["losses"]:
-        print(f"step {step:5d}  loss {loss:.4f}")
-    print(f"saved to {training_args.output_dir}")
+    if training_args.process_index == 0:  # under torchrun, one report
+        for step, loss in metrics["losses"]:
+            print(f"step {step:5d}  loss {loss:.4f}")
+        print(f"saved to {training_args.output_dir}")
     return metrics
