@@ -1,10 +1,11 @@
 """Run by tests/test_fsdp.py under torchrun with 2 processes (gloo). For each case (a paper xLSTM[1:1] and a
 large-block model, with and without activation checkpointing, a paper model with a tied LM head, one in bf16
-mixed precision, and two whose process 1 builds the model on the meta device) the model is sharded with hf_xlstm.fsdp.shard_model and trained a few SGD steps, each process on
-its half of every batch. Process 0 saves, per case, the full parameters, the losses, how many parameters it holds
-and their dtypes, whether the head is still tied, how often a block ran its forward, and the sharded model's logits
-on a probe; it also writes the consolidated save_pretrained folder. The test repeats the steps in one process on
-the whole batch and compares."""
+mixed precision, and two whose process 1 builds the model on the meta device) the model is sharded with
+hf_xlstm.fsdp.shard_model and trained a few SGD steps, each process on its half of every batch. Process 0 saves,
+per case, the full parameters, the losses, how many parameters it holds and their dtypes, whether the head is
+still tied, how often a block ran its forward, which processes built on the meta device, and the sharded model's
+logits on a probe; it also writes the consolidated save_pretrained folder. The test repeats the steps in one
+process on the whole batch and compares."""
 
 import sys
 from pathlib import Path
