@@ -116,10 +116,15 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     if args.no_eager and args.no_compile:
         parser.error("--no-eager with --no-compile leaves no hf_xlstm model to time")
-    ours, builtin = models(args.shape, args.device, dtype, builtin=not args.no_builtin)
-    runners = {} if args.no_eager else {"hf_xlstm eager": ours}
-    if builtin is not None:
-        runners["transformers xlstm"] = builtin
+    runners = {}
+    if not (args.no_eager and args.no_builtin):  # (the eager model is also where transformers' model gets its weights)
+        ours, builtin = models(args.shape, args.device, dtype, builtin=not args.no_builtin)
+        if not args.no_eager:
+            runners["hf_xlstm eager"] = ours
+        if builtin is not None:
+            runners["transformers xlstm"] = builtin
+        if args.no_eager:
+            del ours  # the weights are in transformers' model now
     if not args.no_compile:
         compiled, _ = models(args.shape, args.device, dtype, builtin=False)
         mode = args.compile_mode or ("reduce-overhead" if args.device.startswith("cuda") else None)
@@ -147,7 +152,7 @@ def main() -> None:
                     for part, window in (("first", slice(None, 1024)), ("last", slice(-1024, None))):
                         row[f"{name} decode tok/s, {part} 1024"] = batch / statistics.median(
                             statistics.fmean(s[window]) for s in steps[name])
-            if builtin is not None:
+            if "transformers xlstm" in runners:
                 base = row["transformers xlstm decode tok/s"]
                 for name in runners:
                     row[f"{name} / transformers"] = row[f"{name} decode tok/s"] / base
