@@ -2,6 +2,7 @@
 styles (documented targets, adapter save/load, merge_and_unload giving the same logits)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -93,6 +94,27 @@ def test_finetune_script_checkpoints_and_resumes_exactly(tokenizer, text_file, t
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="no checkpoint-\\* folder"):
         main([*flags, "--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
+
+
+def test_finetune_script_held_out_files(tokenizer, text_file, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from hf_xlstm.finetuning import main
+
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text(" ".join(corpus(60, seed=5)))
+    folder = save_tiny_model(tmp_path / "base", "large", tokenizer)
+    metrics = main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "ft"), "--train_files",
+                    str(text_file), "--validation_files", str(held_out), "--block_size", "32", "--max_steps", "8",
+                    "--learning_rate", "3e-3", "--eval_strategy", "steps", "--eval_steps", "4"])
+    blocks = pack_documents(read_documents([held_out]), tokenizer, 32)
+    base = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert metrics["eval_loss"] < _loss(base, blocks) - 0.1  # the held-out text, scored before and after
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    assert [step for step, _ in metrics["eval_losses"]] == [4, 8, 8]  # --eval_steps 4, then the final evaluation
+    saved = json.loads((tmp_path / "ft" / "finetune_results.json").read_text())
+    assert saved["eval_loss"] == metrics["eval_loss"]
+    assert "held-out loss" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("style", ["paper", "large"])

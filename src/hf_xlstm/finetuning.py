@@ -93,13 +93,14 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
              lora: bool | Any = False, lora_options: dict | None = None, merge: bool = True, block_size: int = 256,
              train_files: Sequence[str] | None = None, dataset_name: str | None = None,
              dataset_config_name: str | None = None, text_column: str = "text", document_boundaries: bool = True,
-             args=None, **training_args) -> dict[str, Any]:
+             validation_files: Sequence[str] | None = None, args=None, **training_args) -> dict[str, Any]:
     """Fine-tune the saved model in `model_dir` with Trainer and save the result to `output_dir`.
 
     Data: `train_blocks` (a Dataset with input_ids/labels of equal length), or text from `train_files` (one
     document per .txt/.md/.py file, or rows of .json/.jsonl/.csv/.parquet) or the train split of `dataset_name`,
     packed into `block_size`-token blocks with the folder's tokenizer (hf_xlstm.data), each document starting
-    from the zero state unless document_boundaries is False.
+    from the zero state unless document_boundaries is False. Held out: `eval_blocks`, or `validation_files` packed
+    the same way; their loss and perplexity are in the returned metrics.
     lora: False (all weights), True (LoRA with `lora_config(config, **lora_options)`) or a peft LoraConfig.
     Saved: full -> the model and tokenizer in output_dir; LoRA -> the adapter in output_dir/adapter and, with
     `merge`, the merged model and tokenizer in output_dir (a folder like any other: evaluate it, fine-tune again).
@@ -124,6 +125,11 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
             documents = read_documents(train_files, text_column)
         train_blocks = pack_documents(documents, tokenizer, block_size, "the fine-tuning text",
                                       boundaries=document_boundaries)
+    if validation_files:
+        if eval_blocks is not None:
+            raise ValueError("Give held-out data once: eval_blocks or validation_files.")
+        eval_blocks = pack_documents(read_documents(validation_files, text_column), tokenizer, block_size,
+                                     "the held-out text", boundaries=document_boundaries)
     if args is None:
         defaults = dict(output_dir=str(output_dir / "checkpoints"), save_strategy="no", report_to=[],
                         logging_steps=10, learning_rate=1e-4 if not lora else 1e-3, per_device_train_batch_size=8)
@@ -154,7 +160,8 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
                                "lora": bool(lora)}
     if eval_blocks is not None:
         eval_loss = trainer.evaluate()["eval_loss"]
-        metrics.update(eval_loss=eval_loss, perplexity=math.exp(eval_loss))
+        metrics.update(eval_loss=eval_loss, perplexity=math.exp(eval_loss), eval_losses=[
+            (h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h])
 
     if sharded:  # every process: the full weights are gathered, process 0 writes the folder
         trainer.save_model(str(output_dir))
@@ -195,6 +202,9 @@ class FinetuneArguments:
         "help": "Local .txt/.md/.py (one document per file), .json/.jsonl, .parquet or .csv files."})
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset (its train split)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    validation_files: list[str] = field(default_factory=list, metadata={
+        "help": "Held-out files (same types): their loss and perplexity at the end, and during training with "
+                "--eval_strategy steps."})
     text_column: str = field(default="text", metadata={"help": "Column with the text."})
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
     document_boundaries: bool = field(default=True, metadata={
@@ -254,9 +264,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        merge=args.merge, block_size=args.block_size, train_files=args.train_files,
                        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
                        text_column=args.text_column, document_boundaries=args.document_boundaries,
-                       args=training_args)
+                       validation_files=args.validation_files, args=training_args)
     if training_args.process_index == 0:  # under torchrun, one report
         for step, loss in metrics["losses"]:
             print(f"step {step:5d}  loss {loss:.4f}")
+        if "eval_loss" in metrics:
+            print(f"held-out loss {metrics['eval_loss']:.4f}  perplexity {metrics['perplexity']:.2f}")
         print(f"saved to {training_args.output_dir}")
     return metrics
