@@ -117,6 +117,21 @@ def test_finetune_script_held_out_files(tokenizer, text_file, tmp_path, capsys):
     assert "held-out loss" in capsys.readouterr().out
 
 
+def test_an_adapter_folder_is_named_as_such(tmp_path):
+    # finetune.py --lora writes OUT/adapter beside the merged OUT: pointing a script at the adapter says so
+    from hf_xlstm.evaluation import evaluate
+    from hf_xlstm.finetuning import finetune
+
+    adapter = tmp_path / "ft" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    for call in (lambda: finetune(adapter, tmp_path / "out", train_files=["x.txt"]), lambda: evaluate(adapter)):
+        with pytest.raises(FileNotFoundError, match="holds a LoRA adapter, not a model: use the merged model"):
+            call()
+    with pytest.raises(FileNotFoundError, match="is not a saved model folder"):
+        finetune(tmp_path, tmp_path / "out", train_files=["x.txt"])
+
+
 @pytest.mark.parametrize("style", ["paper", "large"])
 def test_lora_finetune(style, tokenizer, text_file, tmp_path):
     from peft import PeftModel

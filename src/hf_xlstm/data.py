@@ -168,6 +168,20 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
                                    pad_token=PAD_TOKEN)
 
 
+def check_model_folder(folder) -> Path:
+    """`folder` as a Path when it holds a saved model (config.json); otherwise a FileNotFoundError saying what it is,
+    e.g. a LoRA adapter folder (finetune.py writes the adapter to OUT/adapter and the merged model to OUT)."""
+    folder = Path(os.fspath(folder))
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(folder)!r} holds a LoRA adapter, not a model: use the merged model finetune.py saved beside it "
+            f"({str(folder.parent)!r}, unless it ran with --merge false), or merge it yourself: "
+            "PeftModel.from_pretrained(base_model, folder).merge_and_unload().save_pretrained(...).")
+    raise FileNotFoundError(f"{str(folder)!r} is not a saved model folder (no config.json).")
+
+
 def load_tokenizer(source, what: str = "the model"):
     """The tokenizer of a model folder or Hub id, or `source` itself when it is already a tokenizer.
 

@@ -245,11 +245,11 @@ def evaluate(model, tokenizer=None, tasks: str | list[str] = "local", *, batch_s
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    from .data import check_model_folder
+
     names = resolve_tasks(tasks)
     if isinstance(model, (str, os.PathLike)):
-        folder = str(model)
-        if not Path(folder, "config.json").is_file():
-            raise FileNotFoundError(f"{folder!r} is not a saved model folder (no config.json).")
+        folder = str(check_model_folder(model))
         lm = HFLM(pretrained=folder, tokenizer=tokenizer, trust_remote_code=True, batch_size=batch_size,
                   device=device, dtype=dtype)
         tokenizer = tokenizer if tokenizer is not None else folder

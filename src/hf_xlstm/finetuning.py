@@ -33,7 +33,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
 
 from .configuration_xlstm import xLSTMConfig
-from .data import load_tokenizer, pack_documents, read_documents, text_column_only
+from .data import check_model_folder, load_tokenizer, pack_documents, read_documents, text_column_only
 from .fsdp import FSDPTrainer, checkpoint_to_resume, fsdp_settings
 from .modeling_xlstm import xLSTMForCausalLM
 
@@ -109,9 +109,7 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
     Returns the logged losses and metrics (also written to output_dir/finetune_results.json).
     """
 
-    model_dir, output_dir = Path(model_dir), Path(output_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{str(model_dir)!r} is not a saved model folder (no config.json).")
+    model_dir, output_dir = check_model_folder(model_dir), Path(output_dir)
     tokenizer = load_tokenizer(model_dir, what="fine-tuning")
     if train_blocks is None:
         if bool(train_files) == bool(dataset_name):
