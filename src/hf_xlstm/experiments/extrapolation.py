@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data import EMBEDDED_CORPUS, load_documents, pack_documents, train_bpe_tokenizer
-from .models import build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan
+from .models import build_model, check_width, count_parameters, linear_time_mamba_scan
 from .runner import (
-    add_output_arguments, default_workers, machine, parse_with_defaults, quiet_transformers, require_at_least_one,
+    default_workers, machine, parse_experiment_args, quiet_transformers, require_at_least_one,
     require_matplotlib, run_jobs, Stopwatch, write_outputs,
 )
 from .training import Progress, final_loss, train
@@ -55,15 +55,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--vocab_size", type=int, help="Vocabulary of the byte-level BPE trained on the corpus.")
     parser.add_argument("--corpus_chars", type=int, help="Characters of the standard-library corpus to use.")
     parser.add_argument("--eval_blocks", type=int, help="Held-out blocks of the longest length to score (at most).")
-    add_output_arguments(parser, NAME)
-    args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
-    check_args(args)
-    return args
+    return parse_experiment_args(parser, argv, NAME, DEFAULTS, QUICK, check_args)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in args.models:
-        check_model_name(name)
+    """The checks of this experiment's flags (the model names are checked by parse_experiment_args)."""
     check_width(args.width)
     require_at_least_one(args, "layers", "context", "steps", "batch_size", "eval_blocks")
     if any(m < 1 for m in args.multiples) or any(max(args.multiples) % m for m in args.multiples):

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from .models import (
-    build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan, step_cost,
+    build_model, check_width, count_parameters, linear_time_mamba_scan, step_cost,
 )
 from .runner import (
-    add_output_arguments, add_sweep_arguments, check_sweep, default_workers, machine, parse_with_defaults,
+    add_sweep_arguments, check_sweep, default_workers, machine, parse_experiment_args,
     quiet_transformers, require_at_least_one, require_matplotlib, run_jobs, Stopwatch, write_outputs,
 )
 from .tasks import FORMAL_TASKS, final_only, final_positions, scaled_accuracy
@@ -57,15 +57,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--eval_max_length", type=int, help="Longest evaluation sequence.")
     parser.add_argument("--eval_lengths", type=int, help="Evaluation lengths, evenly spaced from min to max.")
     parser.add_argument("--eval_sequences", type=int, help="Evaluation sequences per length.")
-    add_output_arguments(parser, NAME)
-    args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
-    check_args(args)
-    return args
+    return parse_experiment_args(parser, argv, NAME, DEFAULTS, QUICK, check_args)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in args.models:
-        check_model_name(name)
+    """The checks of this experiment's flags (the model names are checked by parse_experiment_args)."""
     check_width(args.width)
     require_at_least_one(args, "layers", "xlstm_heads", "steps", "batch_size",
                          "eval_lengths", "eval_sequences", "train_min_length")

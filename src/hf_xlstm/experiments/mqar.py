@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from .models import (
-    build_model, check_model_name, check_width, count_parameters, linear_time_mamba_scan, step_cost,
+    build_model, check_width, count_parameters, linear_time_mamba_scan, step_cost,
 )
 from .runner import (
-    add_output_arguments, add_sweep_arguments, check_sweep, default_workers, machine, parse_with_defaults,
+    add_sweep_arguments, check_sweep, default_workers, machine, parse_experiment_args,
     quiet_transformers, require_at_least_one, require_matplotlib, run_jobs, Stopwatch, write_outputs,
 )
 from .tasks import IGNORE, mqar
@@ -59,15 +59,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, help="Sequences per step.")
     add_sweep_arguments(parser)
     parser.add_argument("--eval_sequences", type=int, help="Held-out sequences per setting.")
-    add_output_arguments(parser, NAME)
-    args = parse_with_defaults(parser, argv, DEFAULTS, QUICK)
-    check_args(args)
-    return args
+    return parse_experiment_args(parser, argv, NAME, DEFAULTS, QUICK, check_args)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in args.models:
-        check_model_name(name)
+    """The checks of this experiment's flags (the model names are checked by parse_experiment_args)."""
     for width in args.widths:
         check_width(width)
         if width % args.xlstm_heads:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .models import check_model_name
 from .training import Progress
 
 Job = dict[str, Any]
@@ -48,14 +49,21 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: dict[str, Any],
-                        quick: dict[str, Any]) -> argparse.Namespace:
-    """Parse `argv` with an experiment's defaults, or with its `quick` ones over them when --quick is given (flags
-    given explicitly win either way)."""
+def parse_experiment_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, name: str,
+                          defaults: dict[str, Any], quick: dict[str, Any],
+                          check: Callable[[argparse.Namespace], None]) -> argparse.Namespace:
+    """The end of every experiment's command line: adds the output flags (`add_output_arguments`), parses `argv` with
+    the experiment's defaults, or with its `quick` ones over them when --quick is given (flags given explicitly win
+    either way), checks the --models names, then runs the experiment's own `check`."""
+    add_output_arguments(parser, name)
     parser.set_defaults(**defaults)
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**quick)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for model in args.models:
+        check_model_name(model)
+    check(args)
+    return args
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
