@@ -201,14 +201,17 @@ def test_fsdp_settings_and_refused_combinations():
             fsdp_settings(args)
 
 
-def test_finetune_fsdp_refuses_lora_and_one_process():
-    from hf_xlstm.finetuning import _check_fsdp, parse_args as finetune_args
+def test_finetune_fsdp_refuses_lora_and_one_process(tmp_path):
+    from hf_xlstm.finetuning import _check_fsdp, main
 
     assert _check_fsdp(fsdp_args(), lora=False) and not _check_fsdp(fsdp_args(fsdp=None), lora=True)
     with pytest.raises(ValueError, match="--fsdp with --lora"):
         _check_fsdp(fsdp_args(), lora=True)
+    # in one process: refused before any text or weights are read (neither the files nor the weights exist)
+    (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="launch with torchrun"):
-        finetune_args(["--model_name_or_path", "m", "--output_dir", "o", "--train_files", "t.txt", "--fsdp"])
+        main(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--train_files",
+              str(tmp_path / "missing.txt"), "--fsdp"])
 
 
 def test_resuming_an_fsdp_checkpoint_without_fsdp_is_refused(tmp_path):

@@ -110,6 +110,15 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
     """
 
     model_dir, output_dir = check_model_folder(model_dir), Path(output_dir)
+    # the training arguments first: a combination that cannot work fails before any text or weights are read
+    if args is None:
+        defaults = dict(output_dir=str(output_dir / "checkpoints"), save_strategy="no", report_to=[],
+                        logging_steps=10, learning_rate=1e-4 if not lora else 1e-3, per_device_train_batch_size=8)
+        args = TrainingArguments(**{**defaults, **training_args})
+    elif training_args:
+        raise TypeError(f"Give TrainingArguments fields either in `args` or as keywords, not both: {training_args}.")
+    sharded = _check_fsdp(args, lora)
+    resume = checkpoint_to_resume(args)  # --resume_from_checkpoint (a folder, or "last" in the checkpoints' folder)
     tokenizer = load_tokenizer(model_dir, what="fine-tuning")
     if train_blocks is None:
         if bool(train_files) == bool(dataset_name):
@@ -128,14 +137,6 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
             raise ValueError("Give held-out data once: eval_blocks or validation_files.")
         eval_blocks = pack_documents(read_documents(validation_files, text_column), tokenizer, block_size,
                                      "the held-out text", boundaries=document_boundaries)
-    if args is None:
-        defaults = dict(output_dir=str(output_dir / "checkpoints"), save_strategy="no", report_to=[],
-                        logging_steps=10, learning_rate=1e-4 if not lora else 1e-3, per_device_train_batch_size=8)
-        args = TrainingArguments(**{**defaults, **training_args})
-    elif training_args:
-        raise TypeError(f"Give TrainingArguments fields either in `args` or as keywords, not both: {training_args}.")
-    sharded = _check_fsdp(args, lora)
-    resume = checkpoint_to_resume(args)  # --resume_from_checkpoint (a folder, or "last" in the checkpoints' folder)
     if sharded and args.process_index != 0:
         # only process 0 reads the weights; the others' shards are filled from it (hf_xlstm.fsdp.shard_model)
         with torch.device("meta"):
@@ -247,7 +248,6 @@ def parse_args(argv: Sequence[str] | None = None):
         raise ValueError("Give either --train_files or --dataset_name: one source of training text.")
     if training_args.learning_rate is None:
         training_args = dataclasses.replace(training_args, learning_rate=1e-3 if finetune_args.lora else 1e-4)
-    _check_fsdp(training_args, finetune_args.lora)  # before any data or weights are read
     return finetune_args, training_args
 
 
