@@ -283,7 +283,7 @@ def main() -> int:
         print("bench_kernels.py needs a CUDA GPU (the Triton kernels and the timings are GPU-only); "
               "on CPU run the tests instead (TRITON_INTERPRET=1 pytest tests/test_triton_mlstm.py).", file=sys.stderr)
         return 2
-    import hf_xlstm.kernels as K_ops
+    import hf_xlstm.kernels.ops as K_ops
 
     skip = set(filter(None, args.skip.split(",")))
     from hf_xlstm.kernels import mlstm_triton

@@ -57,7 +57,7 @@ def test_round_trip_and_auto_map(tmp_path):
     assert raw["model_type"] == "hf_xlstm"
     assert raw["auto_map"]["AutoModelForCausalLM"] == "modeling_xlstm.xLSTMForCausalLM"
     assert raw["backend"] == "auto"  # the user's choice, never a hardware-specific kernel name
-    for name in ("configuration_xlstm.py", "modeling_xlstm.py", "kernels.py"):
+    for name in ("configuration_xlstm.py", "modeling_xlstm.py", "xlstm_ops.py"):
         assert (tmp_path / name).is_file()
     loaded = xLSTMConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()

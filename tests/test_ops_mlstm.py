@@ -10,15 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_xlstm.kernels import (
-    mlstm,
-    mlstm_chunkwise,
-    mlstm_parallel,
-    mlstm_recurrent,
-    mlstm_step,
-    mlstm_step_native,
-    resolve_backend,
-)
+from hf_xlstm.kernels.mlstm_native import mlstm_chunkwise, mlstm_parallel, mlstm_recurrent, mlstm_step_native
+from hf_xlstm.kernels.ops import mlstm, mlstm_step, resolve_backend
 from kernel_checks import (
     PACKED_STARTS,
     PACKED_T,

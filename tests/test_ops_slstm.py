@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_xlstm.kernels import slstm, slstm_native
+from hf_xlstm.kernels.ops import slstm
+from hf_xlstm.kernels.slstm_native import slstm_native
 from kernel_checks import PACKED_STARTS, PACKED_T, check_documents, packed_resets, rel_err
 
 B, H, D = 2, 2, 8

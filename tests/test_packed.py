@@ -78,8 +78,8 @@ def test_several_rows_with_padding(model):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_no_gradient_crosses_a_boundary(model, checkpointing):
     model.train()
-    if checkpointing:
-        model.gradient_checkpointing_enable()
+    if checkpointing:  # the older name is deprecated since transformers 5.25
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     docs = _documents(seed=3)
     embeds = model.get_input_embeddings()(torch.cat(docs)[None]).detach().requires_grad_(True)
     logits = model(inputs_embeds=embeds, position_ids=_positions(LENGTHS)).logits[0]

@@ -19,7 +19,7 @@ from hf_xlstm.data import pack_documents, stdlib_corpus, train_bpe_tokenizer
 from hf_xlstm.pretraining import ModelArguments, config_overrides, parse_args, run_pretraining, unigram_perplexity
 from pretrain_run import SHORT_RUN, short_run
 
-CODE_FILES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "remote_code.py", "kernels.py")
+CODE_FILES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "xlstm_remote_code.py", "xlstm_ops.py")
 
 
 @pytest.fixture(scope="module")

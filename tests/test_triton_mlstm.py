@@ -143,7 +143,8 @@ def _child_seq(c: dict, seed: int) -> dict:
 
 
 def _child_resets(c: dict, seed: int) -> dict:
-    from hf_xlstm.kernels import mlstm, mlstm_native, mlstm_triton
+    from hf_xlstm.kernels import mlstm_native, mlstm_triton
+    from hf_xlstm.kernels.ops import mlstm
 
     g = torch.Generator().manual_seed(seed)
     B, H, T = len(PACKED_STARTS), 2, PACKED_T
@@ -217,7 +218,8 @@ def _child_step(c: dict, seed: int) -> dict:
 
 def _child_dispatch() -> dict:
     """Rules that need the interpreter: unsupported inputs fall back to native with one warning."""
-    from hf_xlstm.kernels import mlstm, mlstm_step, mlstm_native, ops
+    from hf_xlstm.kernels import mlstm_native, ops
+    from hf_xlstm.kernels.ops import mlstm, mlstm_step
 
     out = {}
     g = torch.Generator().manual_seed(7)
@@ -340,7 +342,8 @@ def test_unsupported_inputs_fall_back_with_one_warning(interp):
 
 
 def test_auto_on_cpu_is_native():
-    from hf_xlstm.kernels import mlstm, mlstm_native, resolve_backend
+    from hf_xlstm.kernels import mlstm_native
+    from hf_xlstm.kernels.ops import mlstm, resolve_backend
 
     q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))
     i, f = torch.randn(1, 2, 9), torch.randn(1, 2, 9)
@@ -349,7 +352,7 @@ def test_auto_on_cpu_is_native():
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
-    from hf_xlstm.kernels import mlstm, mlstm_step, slstm
+    from hf_xlstm.kernels.ops import mlstm, mlstm_step, slstm
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))

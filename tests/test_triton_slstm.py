@@ -80,7 +80,7 @@ def _kernel_module():
 
 
 def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expected_mode, how) -> dict:
-    from hf_xlstm.kernels import slstm
+    from hf_xlstm.kernels.ops import slstm
     from hf_xlstm.kernels.slstm_native import slstm_native
 
     K = _kernel_module()
@@ -142,7 +142,7 @@ def _run_case(name, B, T, H, D, dtype, with_state, with_mask, overrides, expecte
 def _run_reset_case(name, H, D, with_state, with_mask, overrides, expected_mode, how) -> dict:
     """Each document against itself alone through the kernel, and the packed rows against the
     native op (output, final state, gradients of x, R and the initial state)."""
-    from hf_xlstm.kernels import slstm
+    from hf_xlstm.kernels.ops import slstm
     from hf_xlstm.kernels.slstm_native import slstm_native
 
     K = _kernel_module()

@@ -10,7 +10,7 @@ import math
 
 from transformers import PretrainedConfig
 
-from .kernels import BACKENDS
+from .kernels.ops import BACKENDS
 from .remote_code import AUTO_MAP, save_code
 
 BLOCK_STYLES = ("paper", "large")

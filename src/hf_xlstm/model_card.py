@@ -40,20 +40,14 @@ DEFAULT_LIMITATIONS = (
 
 
 def template_path() -> Path:
-    """The default template, model_cards/xlstm_model_card.md: inside the installed package (a wheel ships
-    model_cards/ as hf_xlstm/model_cards), in the source checkout (pip install -e .), else in the current
-    directory's model_cards/."""
-    here = Path(__file__).resolve().parent
-    candidates = [here / "model_cards" / TEMPLATE_NAME, here.parents[1] / "model_cards" / TEMPLATE_NAME,
-                  Path.cwd() / "model_cards" / TEMPLATE_NAME]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"Model card template {TEMPLATE_NAME} not found (looked in {', '.join(str(p.parent) for p in candidates)}). "
-        "Reinstall hf_xlstm (its wheel ships the template), run from the checkout's root, or pass "
-        "template=<path to a Jinja model card template>."
-    )
+    """The default template, model_cards/xlstm_model_card.md, shipped inside the package (hf_xlstm/model_cards)."""
+    path = Path(__file__).resolve().parent / "model_cards" / TEMPLATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Model card template {TEMPLATE_NAME} not found in {path.parent}. Reinstall hf_xlstm (its wheel ships "
+            "the template) or pass template=<path to a Jinja model card template>."
+        )
+    return path
 
 
 def _config_dict(folder: Path, config) -> dict[str, Any]:

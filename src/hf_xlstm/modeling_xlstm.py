@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +30,28 @@ from transformers.utils import logging
 from .cache_xlstm import xLSTMCache, xLSTMCacheLayer
 from .compat import CACHE_NAME, cache_of, output_with_cache, resolve_cache
 from .configuration_xlstm import xLSTMConfig
-from .kernels import mlstm, mlstm_step, slstm
+from .kernels.ops import mlstm, mlstm_step, slstm
 
 logger = logging.get_logger(__name__)
+
+
+def give_weights_the_folder_mode(folder: str | os.PathLike) -> None:
+    """chmod the folder's *.safetensors files to the mode of its config.json (else what the umask gives a new file).
+
+    safetensors >= 0.8 writes its files with mode 0600 while every other file gets the umask's mode (0644 for most
+    users): a folder shared with other users or a container would look readable while its weights are not.
+    """
+    folder = Path(folder)
+    config = folder / "config.json"
+    if config.is_file():
+        mode = config.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    for weights in folder.glob("*.safetensors"):
+        if weights.stat().st_mode & 0o777 != mode:
+            weights.chmod(mode)
 
 
 # ---------------------------------------------------------------------------------------------------- small layers
@@ -382,6 +403,19 @@ class xLSTMPreTrainedModel(PreTrainedModel):
     _no_split_modules = None
     supports_gradient_checkpointing = True
     _is_stateful = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As in transformers; the weight files then get the mode of the folder's other files
+        (`give_weights_the_folder_mode`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        give_weights_the_folder_mode(save_directory)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether activation checkpointing is on. transformers 5.25 renamed this `is_activation_checkpointing` and
+        warns (FutureWarning) on the old name, which peft (0.21) reads in every `get_peft_model`: the same answer here,
+        without a warning that no user code of ours or theirs causes."""
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

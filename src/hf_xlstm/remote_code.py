@@ -2,23 +2,32 @@
 `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` works without hf_xlstm installed.
 
 transformers' remote-code loader wants flat modules that import each other relatively (`from .x import y`).
-Our installed layout has the ops in the `hf_xlstm.kernels` package; in the saved folder that package becomes
-the module `kernels.py` (its `__init__`) beside its sibling modules, so every relative import resolves in both
-layouts. This file ships too, so a model loaded from such a folder can be saved again.
+Installed, the ops live in the sub-package `hf_xlstm.kernels`; in a saved folder every module is a flat file.
+
+A saved folder is also a directory that users `cd` into and start Python in, with the folder first on `sys.path`:
+any file there named like an installed module (`kernels.py` shadowed Hugging Face's `kernels` package, which
+transformers imports) breaks every import of that name. So each code file is saved under a name of its own (the
+`xlstm_` prefix, `SAVED_NAMES`), and the relative imports in the copies are rewritten to those names. Folders saved
+before carry their own (older) code and still load as they are.
 """
 
 from __future__ import annotations
 
-import shutil
-import sys
+import re
 from pathlib import Path
 
-# Written as `from .kernels import ...` (not `from . import kernels`): that is the form transformers' loader
-# follows when it gathers the files a remote module needs.
-from .kernels import mlstm as _an_op  # noqa: F401
+# Written as `from .kernels.ops import ...` (not `import`): the form transformers' loader follows when it gathers the
+# files a remote module needs (in a saved folder this line reads `from .xlstm_ops import ...`).
+from .kernels.ops import mlstm as _an_op  # noqa: F401
 
-# The modules of hf_xlstm the model needs (the package __init__, which registers Auto classes, stays behind).
-MODEL_MODULES = ("configuration_xlstm.py", "modeling_xlstm.py", "cache_xlstm.py", "compat.py", "remote_code.py")
+# The modules of hf_xlstm the model needs (the package __init__, which registers Auto classes, stays behind), and
+# the kernels sub-package's modules.
+MODEL_MODULES = ("configuration_xlstm", "modeling_xlstm", "cache_xlstm", "compat", "remote_code")
+KERNEL_MODULES = ("ops", "mlstm_native", "mlstm_triton", "slstm_native", "slstm_triton", "triton_common")
+
+# Module name -> name in a saved folder. The auto_map names (configuration_xlstm, modeling_xlstm) and cache_xlstm
+# name the model already; every other module gets the prefix, so no code file can be mistaken for another package.
+SAVED_NAMES = {name: name if "xlstm" in name else f"xlstm_{name}" for name in MODEL_MODULES + KERNEL_MODULES}
 
 AUTO_MAP = {
     "AutoConfig": "configuration_xlstm.xLSTMConfig",
@@ -26,32 +35,46 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_xlstm.xLSTMForCausalLM",
 }
 
+# `from .kernels.ops import`, `from .ops import`, `from .compat import` ... (the relative imports our modules use)
+_RELATIVE_IMPORT = re.compile(r"^(\s*from \.)(?:kernels\.)?(\w+)( import )", re.MULTILINE)
+
+
+def _flat_source(text: str) -> str:
+    """A module's source with its relative imports pointing at the saved folder's file names (a saved folder's
+    own sources, which name them already, stay as they are)."""
+
+    def rename(match: re.Match) -> str:
+        module = match.group(2)
+        if module in SAVED_NAMES.values():
+            return match.group(0)
+        if module not in SAVED_NAMES:
+            raise ValueError(f"remote_code: relative import of {module!r}, which SAVED_NAMES does not list; add it")
+        return f"{match.group(1)}{SAVED_NAMES[module]}{match.group(3)}"
+
+    return _RELATIVE_IMPORT.sub(rename, text)
+
 
 def code_files() -> dict[str, Path]:
-    """Destination file name -> source path, for the layout we run from (installed package or flat folder)."""
+    """File name in a saved folder -> source path, for the layout we run from (installed package or saved folder)."""
     here = Path(__file__).resolve().parent
-    kernels_file = Path(sys.modules[f"{__package__}.kernels"].__file__).resolve()
-    if kernels_file.name != "__init__.py":
-        # A flat remote-code folder (a model loaded with trust_remote_code). transformers keeps the config's and
-        # the model's modules in separate folders and, on save, copies the model class's file and what it
-        # imports itself; we copy what sits beside this file (the config side, kernels included).
+    if not (here / "kernels").is_dir():
+        # A saved folder loaded with trust_remote_code: its files already have their saved names. transformers keeps
+        # the config's and the model's modules in separate folders and, on save, copies the model class's file and
+        # what it imports itself; we copy what sits beside this file (the config side, kernels included).
         return {path.name: path for path in sorted(here.glob("*.py")) if path.name != "__init__.py"}
-    files = {name: here / name for name in MODEL_MODULES}  # installed: hf_xlstm/kernels/ is a package
-    files["kernels.py"] = kernels_file
-    for path in sorted(kernels_file.parent.glob("*.py")):
-        if path.name != "__init__.py":
-            files[path.name] = path
+    files = {f"{SAVED_NAMES[name]}.py": here / f"{name}.py" for name in MODEL_MODULES}
+    files.update({f"{SAVED_NAMES[name]}.py": here / "kernels" / f"{name}.py" for name in KERNEL_MODULES})
     return files
 
 
 def save_code(folder: str | Path) -> list[str]:
-    """Copy the model code into `folder`; returns the file names written."""
+    """Write the model code into `folder` under its saved names; returns the file names written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, source in code_files().items():
         destination = folder / name
         if source.resolve() != destination.resolve():
-            shutil.copyfile(source, destination)
+            destination.write_text(_flat_source(source.read_text()))
         written.append(name)
     return written

@@ -209,6 +209,8 @@ def save_as_transformers(model, dst: str | os.PathLike, weight_mode: str = "sing
     """Write an hf_xlstm block_style="large" model as a folder for transformers' built-in xLSTMForCausalLM."""
     from safetensors.torch import save_file
 
+    from ..modeling_xlstm import give_weights_the_folder_mode
+
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     tconfig = config_to_transformers(model.config, weight_mode)
@@ -218,6 +220,7 @@ def save_as_transformers(model, dst: str | os.PathLike, weight_mode: str = "sing
     tconfig.save_pretrained(dst)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(dst / "model.safetensors"),
               metadata={"format": "pt"})
+    give_weights_the_folder_mode(dst)
     return dst
 
 
