@@ -19,10 +19,13 @@ def _dataset(n=40, length=24):
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
 def test_trainer_runs_20_steps(style, gradient_checkpointing, tmp_path):
     model = tiny_model(style)
+    # transformers 5.25 deprecated the field's older name
+    field = "activation_checkpointing" if hasattr(TrainingArguments, "activation_checkpointing") \
+        else "gradient_checkpointing"
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=4, learning_rate=3e-3,
         logging_steps=5, save_strategy="no", report_to=[], seed=0, use_cpu=True,
-        gradient_checkpointing=gradient_checkpointing, disable_tqdm=True, dataloader_num_workers=0,
+        disable_tqdm=True, dataloader_num_workers=0, **{field: gradient_checkpointing},
     )
     trainer = Trainer(model=model, args=args, train_dataset=_dataset())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
