@@ -171,3 +171,14 @@ def test_cache_reorder_and_cannot_crop(style):
     assert cache.batch_size == 6
     with pytest.raises(NotImplementedError, match="cannot be cropped"):
         cache.crop(-1)
+
+
+@pytest.mark.parametrize("assist", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_assisted_generation_is_refused_up_front(style, assist):
+    # assisted decoding rolls the cache back to the last accepted token: a recurrent state cannot be
+    model = tiny_model(style)
+    ids = torch.randint(3, VOCAB, (1, 6))
+    kwargs = {"assistant_model": tiny_model(style, seed=1)} if assist == "assistant_model" \
+        else {"prompt_lookup_num_tokens": 2}
+    with pytest.raises(ValueError, match="Assisted generation .* not supported"):
+        model.generate(ids, max_new_tokens=4, do_sample=False, **kwargs)

@@ -132,7 +132,7 @@ class xLSTMCacheLayer(LinearAttentionCacheLayerMixin):
     def is_croppable(self) -> bool:
         return False
 
-    def activate_past_recording(self) -> None:
+    def activate_past_recording(self, *args, **kwargs) -> None:  # 5.25 passes recurrent_states_to_keep
         raise NotImplementedError(
             "This generation mode needs a cache that can be rolled back to an earlier token (e.g. assisted "
             "decoding); an xLSTM cache holds a recurrent state, which cannot be."

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.generation import GenerationMode
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -385,6 +386,12 @@ def build_block(config: xLSTMConfig, block_idx: int) -> _Block:
     return mLSTMBlock(config, block_idx)
 
 
+def build_final_norm(config: xLSTMConfig) -> nn.Module:
+    """The norm after the last block: RMSNorm in the xLSTM-7B style, LayerNorm in the paper's."""
+    norm_cls = RMSNorm if config.block_style == "large" else LayerNorm
+    return norm_cls(config.hidden_size, eps=config.norm_eps)
+
+
 # ---------------------------------------------------------------------------------------------------- init
 def slstm_forget_bias(block_idx: int, num_blocks: int, head_dim: int) -> torch.Tensor:
     """Power-law, block-dependent forget-gate bias: from +5 (cell 0) down to -7 (last cell); deeper blocks
@@ -412,7 +419,7 @@ class xLSTMPreTrainedModel(PreTrainedModel):
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        """Whether activation checkpointing is on. transformers 5.25 renamed this `is_activation_checkpointing` and
+        """Whether activation checkpointing is on. transformers 5.23 renamed this `is_activation_checkpointing` and
         warns (FutureWarning) on the old name, which peft (0.21) reads in every `get_peft_model`: the same answer here,
         without a warning that no user code of ours or theirs causes."""
         return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
@@ -529,8 +536,7 @@ class xLSTMModel(xLSTMPreTrainedModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList([build_block(config, i) for i in range(config.num_blocks)])
         self._no_split_modules = {type(block).__name__ for block in self.blocks}
-        norm_cls = RMSNorm if config.block_style == "large" else LayerNorm
-        self.norm = norm_cls(config.hidden_size, eps=config.norm_eps)
+        self.norm = build_final_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -708,6 +714,16 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
         does so for every such cache); a recurrence reads the 2-D mask itself, so it is passed on as it is."""
         return attention_mask
 
+    def _validate_generation_mode(self, generation_mode, generation_config, generation_mode_kwargs):
+        """Refuses assisted generation (an assistant model, prompt lookup) up front: it rolls the cache back to the
+        last accepted token, which a recurrent state cannot do. transformers refused it for stateful models until
+        5.24; 5.25 dropped that check and fails inside the cache."""
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(f"Assisted generation (assistant_model, prompt_lookup_num_tokens) is not supported by "
+                             f"{type(self).__name__}: it rolls the cache back to the last accepted token, and an "
+                             "xLSTM's recurrent state cannot be rolled back. Generate without an assistant.")
+        super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
+
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
         """transformers compiles the decode step of a compileable cache on its own on GPUs. For hf_xlstm that is opt-in
         (pass `compile_config=CompileConfig(...)` to generate) until the compiled step with the Triton kernels has
@@ -721,7 +737,7 @@ class xLSTMForCausalLM(xLSTMPreTrainedModel, GenerationMixin):
 
         When generate() continues from a returned cache with the whole sequence as the prompt (the documented
         way: `generate(full_ids, attention_mask=full_mask, cache=cache)`), the prefix the cache holds must not run
-        through the state again. transformers up to 5.23 cut it off for every cache; 5.24 does so only for
+        through the state again. transformers cuts it off for every cache, except 5.24, which does so only for
         attention caches, not for linear-attention (recurrent) ones like ours. The cut is made here, by the same
         rule, so every release behaves alike: prompt embeddings are always the whole sequence; token ids are when
         the attention mask (or, for an all-ones mask that generate() dropped, its recorded length) is as long as

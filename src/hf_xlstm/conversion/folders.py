@@ -214,6 +214,7 @@ def save_as_transformers(model, dst: str | os.PathLike, weight_mode: str = "sing
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     tconfig = config_to_transformers(model.config, weight_mode)
+    tconfig.architectures = ["xLSTMForCausalLM"]  # as transformers writes it; vLLM reads it
     state = state_dict_to_transformers(model.state_dict(), model.config, weight_mode)
     if model.config.tie_word_embeddings:  # stored as its own tensor: transformers' xLSTM does not tie
         state["lm_head.weight"] = state["lm_head.weight"].clone()
