@@ -17,7 +17,7 @@ wall time of each is reported.
 
 Useful tokens are the requested output tokens (a padded batch computes more). Prints a table and writes JSON.
 
-    python scripts/bench_serving.py [--requests 48] [--json benchmarks/results/serving.json]
+    python scripts/bench_serving.py [--requests 48] [--json benchmarks/results/serving_cpu.json]
 
 Needs vLLM and hf_xlstm's vllm.general_plugins entry point (an install of hf_xlstm in the vLLM environment).
 """
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default="benchmarks/results/serving.json")
+    parser.add_argument("--json", default="benchmarks/results/serving_cpu.json")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

