@@ -6,7 +6,9 @@
 #   2. batch-1 decoding of the 350M stack, eager and compiled (CUDA graphs), after prompts of 16 and 4096 tokens,
 #      with the compiled model's greedy tokens compared with eager's;
 #   3. the xLSTM-7B shape (random bf16 weights), compiled, to 16k generated tokens: the speed over the first and the
-#      last 1024 tokens says whether decoding stays flat.
+#      last 1024 tokens says whether decoding stays flat;
+#   4. where vLLM is installed (CUDA wheels, hf_xlstm installed beside it): the vLLM plugin's tests on the GPU, whose
+#      blocks take the Triton kernels there (vLLM runs the model eagerly: no compiled mode for it yet).
 # Usage: scripts/gpu_checks.sh [output folder]      (relative to the repository root; default benchmarks/results/gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +27,9 @@ step python scripts/bench_generate.py --shape 350m --device cuda --dtype bfloat1
     --prompts 16,4096 --new-tokens 256 --repeats 1 --json "$out/generate_350m.json"
 step python scripts/bench_generate.py --shape 7b --device cuda --dtype bfloat16 --no-builtin --no-eager --batches 1 \
     --prompts 16 --new-tokens 16384 --repeats 1 --json "$out/generate_7b.json"
+if python -c "import vllm" 2>/dev/null; then
+    step python -m pytest -q tests/test_vllm.py --junitxml "$out/vllm_tests.xml"
+else
+    echo "== vLLM is not installed: the plugin's GPU check did not run"
+fi
 exit $status

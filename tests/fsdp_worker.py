@@ -45,8 +45,8 @@ def model_and_batches(case: str, rank: int = 0):
         with torch.no_grad():  # gates and recurrent weights away from their init, so every path carries gradient
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-    if checkpointing:
-        model.activation_checkpointing_enable()
+    if checkpointing:  # the newer name exists from transformers 5.23 on
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     batches = torch.randint(0, VOCAB, (STEPS, BATCH, SEQ), generator=torch.Generator().manual_seed(1))
     return model, batches
 

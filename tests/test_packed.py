@@ -78,7 +78,7 @@ def test_several_rows_with_padding(model):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_no_gradient_crosses_a_boundary(model, checkpointing):
     model.train()
-    if checkpointing:  # the older name is deprecated since transformers 5.25
+    if checkpointing:  # the newer name exists from transformers 5.23 on
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     docs = _documents(seed=3)
     embeds = model.get_input_embeddings()(torch.cat(docs)[None]).detach().requires_grad_(True)

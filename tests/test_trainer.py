@@ -19,7 +19,7 @@ def _dataset(n=40, length=24):
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
 def test_trainer_runs_20_steps(style, gradient_checkpointing, tmp_path):
     model = tiny_model(style)
-    # transformers 5.25 deprecated the field's older name
+    # transformers 5.23 renamed the field (the older name is a deprecated alias)
     field = "activation_checkpointing" if hasattr(TrainingArguments, "activation_checkpointing") \
         else "gradient_checkpointing"
     args = TrainingArguments(

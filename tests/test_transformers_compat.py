@@ -4,7 +4,9 @@ under the field the release defines, no keyword silently swallowed, generate() c
 transformers 5.24 renamed the cache argument `past_key_values` -> `cache`; a model that swallowed the new name in
 **kwargs generated wrong tokens without a word. These tests fail on any such mismatch, on every release."""
 
+import contextlib
 import inspect
+import pickle
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from conftest import VOCAB, tiny_model
 from hf_xlstm import xLSTMCache
-from hf_xlstm.compat import CACHE_NAME, cache_of
+from hf_xlstm.compat import CACHE_NAME, TrainingArguments, cache_of, checkpointing_field
 
 
 def _ids(batch=2, length=9, seed=3):
@@ -149,3 +151,29 @@ def test_trainer_sees_labels_as_the_only_label_column():
     from hf_xlstm import xLSTMForCausalLM
 
     assert find_labels(xLSTMForCausalLM) == ["labels"]
+
+
+def test_activation_checkpointing_flag_on_every_release(tmp_path):
+    # transformers 5.23 renamed TrainingArguments' gradient_checkpointing to activation_checkpointing; our arguments
+    # (the scripts' --activation_checkpointing) have the new name on every release, and both names agree
+    import transformers
+    from transformers import HfArgumentParser
+
+    from hf_xlstm.finetuning import FinetuneTrainingArguments
+    from hf_xlstm.pretraining import PretrainingArguments
+
+    renamed = "activation_checkpointing" in transformers.TrainingArguments.__dataclass_fields__
+    assert (TrainingArguments is transformers.TrainingArguments) == renamed
+    assert checkpointing_field(transformers.TrainingArguments(output_dir=str(tmp_path))) == \
+        ("activation_checkpointing" if renamed else "gradient_checkpointing")
+    for cls in (TrainingArguments, PretrainingArguments, FinetuneTrainingArguments):
+        for argv, on in (([], False), (["--activation_checkpointing", "true"], True),
+                         (["--activation_checkpointing"], True), (["--gradient_checkpointing", "true"], True)):
+            old_name = renamed and "--gradient_checkpointing" in argv
+            with pytest.warns(FutureWarning, match="deprecated") if old_name else contextlib.nullcontext():
+                (args,) = HfArgumentParser(cls).parse_args_into_dataclasses(["--output_dir", str(tmp_path), *argv])
+            assert checkpointing_field(args) == "activation_checkpointing"
+            assert args.activation_checkpointing is on and args.gradient_checkpointing is on, (cls, argv)
+    args = TrainingArguments(output_dir=str(tmp_path), activation_checkpointing=True, gradient_checkpointing=False)
+    assert args.gradient_checkpointing is True  # the new name wins, as from 5.23 on
+    assert pickle.loads(pickle.dumps(args)).activation_checkpointing is True  # Trainer saves training_args.bin

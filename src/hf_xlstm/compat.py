@@ -8,9 +8,17 @@ output class rather than guessed from a version number.
 
 Nothing here swallows a keyword: a forward that is handed a name it does not know must fail loudly (a future
 rename then breaks our tests instead of silently dropping the cache and generating wrong tokens).
+
+transformers 5.23 renamed activation checkpointing's switches: `TrainingArguments(gradient_checkpointing=...)` ->
+`activation_checkpointing` (`--activation_checkpointing true`; the old name stays as a deprecated alias) and
+`model.gradient_checkpointing_enable()` -> `activation_checkpointing_enable()`. Before 5.23 only the old names
+exist. Our scripts' arguments build on `TrainingArguments` below, which has the new flag on every release, and code
+that reads or sets the switch on arguments it did not build asks `checkpointing_field` for its name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -34,3 +42,45 @@ def output_with_cache(output_class, cache, **fields):
 def cache_of(outputs):
     """The cache a model output carries, on any supported release (`outputs.cache` / `outputs.past_key_values`)."""
     return outputs[CACHE_NAME] if CACHE_NAME in outputs else None
+
+
+def checkpointing_field(args) -> str:
+    """The field of TrainingArguments `args` that switches activation checkpointing on (`activation_checkpointing`
+    from transformers 5.23 and on our `TrainingArguments`, `gradient_checkpointing` on transformers' own before)."""
+    return "activation_checkpointing" if "activation_checkpointing" in args.__dataclass_fields__ \
+        else "gradient_checkpointing"
+
+
+def _training_arguments_class() -> type:
+    """transformers' TrainingArguments from 5.23 on; before, a subclass with 5.23's `activation_checkpointing` flag,
+    resolved as 5.23 does: set, it wins over `gradient_checkpointing`; afterwards both hold the same value."""
+    from transformers import TrainingArguments as Base
+
+    if "activation_checkpointing" in Base.__dataclass_fields__:
+        return Base
+
+    @dataclass
+    class TrainingArguments(Base):
+        __doc__ = _training_arguments_class.__doc__
+
+        activation_checkpointing: bool | None = field(default=None, metadata={
+            "help": "Recompute each block's activations in the backward pass (less memory, about 20%% more compute); "
+                    "the name of gradient_checkpointing from transformers 5.23 on.", "nargs": "?", "const": True})
+
+        def __post_init__(self):
+            if self.activation_checkpointing is not None:
+                self.gradient_checkpointing = self.activation_checkpointing
+            super().__post_init__()
+            self.activation_checkpointing = self.gradient_checkpointing
+
+    TrainingArguments.__qualname__ = "TrainingArguments"  # pickled (training_args.bin) as hf_xlstm.compat's
+    return TrainingArguments
+
+
+def __getattr__(name: str):
+    # `TrainingArguments` is made on first use: this module also ships as model code beside saved weights, which
+    # need not import transformers' training stack to load a model.
+    if name == "TrainingArguments":
+        globals()[name] = _training_arguments_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
+from transformers import HfArgumentParser, Trainer, default_data_collator
 
+from .compat import TrainingArguments, checkpointing_field  # --activation_checkpointing on every release
 from .configuration_xlstm import xLSTMConfig
 from .data import check_model_folder, load_tokenizer, pack_documents, read_documents, text_column_only
 from .fsdp import FSDPTrainer, checkpoint_to_resume, fsdp_settings
@@ -147,7 +148,7 @@ def finetune(model_dir: str | Path, output_dir: str | Path, train_blocks=None, *
         raise ValueError(f"The tokenizer in {model_dir} has {len(tokenizer)} tokens but the model only "
                          f"{base.config.vocab_size}: they do not belong together.")
     model = prepare_model(base, lora, **(lora_options or {}))
-    if lora and (args.activation_checkpointing or getattr(args, "gradient_checkpointing", None)):
+    if lora and getattr(args, checkpointing_field(args)):
         # the embedding is frozen under LoRA: checkpointed blocks need an input that requires grad
         model.enable_input_require_grads()
     trainer_class = FSDPTrainer if sharded else Trainer

@@ -53,6 +53,8 @@ from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
+from .compat import checkpointing_field
+
 SHARDED_MODEL = "sharded_model"
 SHARDED_OPTIMIZER = "sharded_optimizer"
 
@@ -217,8 +219,9 @@ class FSDPTrainer(Trainer):
         model._is_accelerate_prepared = True
         # Trainer must not hand --fsdp to accelerate, which would shard the model a second time on GPUs; what it
         # asked for is done here. Activation checkpointing from --fsdp_config is Trainer's own, inside each unit.
-        args = dataclasses.replace(args, fsdp=None, fsdp_config=None, activation_checkpointing=(
-            args.activation_checkpointing or settings.activation_checkpointing))
+        checkpointing = checkpointing_field(args)
+        args = dataclasses.replace(args, fsdp=None, fsdp_config=None, **{checkpointing: (
+            getattr(args, checkpointing) or settings.activation_checkpointing)})
         self._writing_checkpoint = False
         super().__init__(model=model, args=args, **kwargs)
 

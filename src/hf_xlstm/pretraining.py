@@ -38,11 +38,11 @@ from transformers import (
     HfArgumentParser,
     Trainer,
     TrainerCallback,
-    TrainingArguments,
     default_data_collator,
     set_seed,
 )
 
+from .compat import TrainingArguments  # --activation_checkpointing on every transformers release
 from .configuration_xlstm import xLSTMConfig
 from .data import EMBEDDED_CORPUS, load_documents, load_tokenizer, pack_documents, train_bpe_tokenizer
 from .fsdp import FSDPTrainer, checkpoint_to_resume, fsdp_settings
