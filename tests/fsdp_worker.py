@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
+from hf_xlstm.compat import set_activation_checkpointing
 
 STEPS, LR, BATCH, SEQ, VOCAB = 3, 0.1, 4, 24, 64
 CASES = {
@@ -45,8 +46,8 @@ def model_and_batches(case: str, rank: int = 0):
         with torch.no_grad():  # gates and recurrent weights away from their init, so every path carries gradient
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-    if checkpointing:  # the newer name exists from transformers 5.23 on
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    if checkpointing:
+        set_activation_checkpointing(model, True)
     batches = torch.randint(0, VOCAB, (STEPS, BATCH, SEQ), generator=torch.Generator().manual_seed(1))
     return model, batches
 

@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from hf_xlstm.remote_code import save_code
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,12 +112,3 @@ def test_import_beside_a_clone_named_like_the_package(tmp_path):
     done = run_python("from hf_xlstm import xLSTMConfig, xLSTMForCausalLM; print(xLSTMConfig.model_type)", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "hf_xlstm"
-
-
-@pytest.mark.parametrize("name", ["kernels", "json"])
-def test_a_regular_package_in_the_repo_root_would_be_found(tmp_path, name):
-    # why the names matter: a directory first on sys.path wins over installed packages and the standard library
-    (tmp_path / name).mkdir()
-    (tmp_path / name / "__init__.py").write_text("SHADOW = True\n")
-    done = run_python(f"import {name}; print(getattr({name}, 'SHADOW', False))", tmp_path)
-    assert done.stdout.strip() == "True", done.stderr[-2000:]

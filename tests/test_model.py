@@ -5,7 +5,7 @@ import torch
 
 from conftest import VOCAB, tiny_config, tiny_model
 from hf_xlstm import xLSTMCache, xLSTMForCausalLM, xLSTMModel
-from hf_xlstm.compat import cache_of
+from hf_xlstm.compat import cache_of, set_activation_checkpointing
 from hf_xlstm.modeling_xlstm import mLSTMLargeLayer, mLSTMPaperLayer, sLSTMPaperLayer, slstm_forget_bias
 
 
@@ -82,8 +82,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(style):
     for checkpointing in (False, True):
         model = tiny_model(style).train()
         if checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable()
+            set_activation_checkpointing(model, True)
             assert model.backbone.blocks[0].gradient_checkpointing
         out = model(ids, labels=ids)
         out.loss.backward()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import VOCAB, tiny_model
+from hf_xlstm.compat import set_activation_checkpointing
 
 LENGTHS = (5, 1, 9, 2)  # a one-token document, documents shorter than the conv window, one spanning chunks
 
@@ -78,8 +79,8 @@ def test_several_rows_with_padding(model):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_no_gradient_crosses_a_boundary(model, checkpointing):
     model.train()
-    if checkpointing:  # the newer name exists from transformers 5.23 on
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    if checkpointing:
+        set_activation_checkpointing(model, True)
     docs = _documents(seed=3)
     embeds = model.get_input_embeddings()(torch.cat(docs)[None]).detach().requires_grad_(True)
     logits = model(inputs_embeds=embeds, position_ids=_positions(LENGTHS)).logits[0]
@@ -89,7 +90,7 @@ def test_no_gradient_crosses_a_boundary(model, checkpointing):
     assert torch.count_nonzero(grad[:start_of_last]) == 0
     assert torch.count_nonzero(grad[start_of_last:]) > 0
     # and the logits under checkpointing are those without it
-    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    set_activation_checkpointing(model, False)
     with torch.no_grad():
         torch.testing.assert_close(model(inputs_embeds=embeds, position_ids=_positions(LENGTHS)).logits[0],
                                    logits.detach(), rtol=1e-6, atol=1e-6)

@@ -3,9 +3,10 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from conftest import VOCAB, tiny_model
+from hf_xlstm.compat import TrainingArguments  # activation_checkpointing on every release
 
 
 def _dataset(n=40, length=24):
@@ -19,13 +20,10 @@ def _dataset(n=40, length=24):
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
 def test_trainer_runs_20_steps(style, gradient_checkpointing, tmp_path):
     model = tiny_model(style)
-    # transformers 5.23 renamed the field (the older name is a deprecated alias)
-    field = "activation_checkpointing" if hasattr(TrainingArguments, "activation_checkpointing") \
-        else "gradient_checkpointing"
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=4, learning_rate=3e-3,
         logging_steps=5, save_strategy="no", report_to=[], seed=0, use_cpu=True,
-        disable_tqdm=True, dataloader_num_workers=0, **{field: gradient_checkpointing},
+        activation_checkpointing=gradient_checkpointing, disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=_dataset())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

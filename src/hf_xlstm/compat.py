@@ -13,7 +13,8 @@ transformers 5.23 renamed activation checkpointing's switches: `TrainingArgument
 `activation_checkpointing` (`--activation_checkpointing true`; the old name stays as a deprecated alias) and
 `model.gradient_checkpointing_enable()` -> `activation_checkpointing_enable()`. Before 5.23 only the old names
 exist. Our scripts' arguments build on `TrainingArguments` below, which has the new flag on every release, and code
-that reads or sets the switch on arguments it did not build asks `checkpointing_field` for its name.
+that reads or sets the switch on arguments it did not build asks `checkpointing_field` for its name;
+`set_activation_checkpointing` switches a model under either name.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def checkpointing_field(args) -> str:
     from transformers 5.23 and on our `TrainingArguments`, `gradient_checkpointing` on transformers' own before)."""
     return "activation_checkpointing" if "activation_checkpointing" in args.__dataclass_fields__ \
         else "gradient_checkpointing"
+
+
+
+def set_activation_checkpointing(model, on: bool) -> None:
+    """`model.activation_checkpointing_enable()` / `_disable()` (transformers >= 5.23), else the older
+    `gradient_checkpointing_*` names, which 5.23 deprecated."""
+    action = "enable" if on else "disable"
+    switch = getattr(model, f"activation_checkpointing_{action}", None)
+    (switch or getattr(model, f"gradient_checkpointing_{action}"))()
 
 
 def _training_arguments_class() -> type:

@@ -37,19 +37,16 @@ logger = logging.get_logger(__name__)
 
 
 def give_weights_the_folder_mode(folder: str | os.PathLike) -> None:
-    """chmod the folder's *.safetensors files to the mode of its config.json (else what the umask gives a new file).
+    """chmod the folder's *.safetensors files to the mode of its config.json, which every save writes first.
 
     safetensors >= 0.8 writes its files with mode 0600 while every other file gets the umask's mode (0644 for most
     users): a folder shared with other users or a container would look readable while its weights are not.
     """
     folder = Path(folder)
     config = folder / "config.json"
-    if config.is_file():
-        mode = config.stat().st_mode & 0o777
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+    if not config.is_file():  # a process that wrote nothing (save_pretrained(is_main_process=False))
+        return
+    mode = config.stat().st_mode & 0o777
     for weights in folder.glob("*.safetensors"):
         if weights.stat().st_mode & 0o777 != mode:
             weights.chmod(mode)

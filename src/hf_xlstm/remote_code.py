@@ -20,10 +20,15 @@ from pathlib import Path
 # files a remote module needs (in a saved folder this line reads `from .xlstm_ops import ...`).
 from .kernels.ops import mlstm as _an_op  # noqa: F401
 
+HERE = Path(__file__).resolve().parent
+# Installed, the kernels sub-package sits beside this file; in a saved folder loaded with trust_remote_code, every
+# module is already a flat file under its saved name.
+INSTALLED = (HERE / "kernels").is_dir()
+
 # The modules of hf_xlstm the model needs (the package __init__, which registers Auto classes, stays behind), and
 # the kernels sub-package's modules.
 MODEL_MODULES = ("configuration_xlstm", "modeling_xlstm", "cache_xlstm", "compat", "remote_code")
-KERNEL_MODULES = ("ops", "mlstm_native", "mlstm_triton", "slstm_native", "slstm_triton", "triton_common")
+KERNEL_MODULES = tuple(sorted(path.stem for path in (HERE / "kernels").glob("*.py")))
 
 # Module name -> name in a saved folder. The auto_map names (configuration_xlstm, modeling_xlstm) and cache_xlstm
 # name the model already; every other module gets the prefix, so no code file can be mistaken for another package.
@@ -40,13 +45,10 @@ _RELATIVE_IMPORT = re.compile(r"^(\s*from \.)(?:kernels\.)?(\w+)( import )", re.
 
 
 def _flat_source(text: str) -> str:
-    """A module's source with its relative imports pointing at the saved folder's file names (a saved folder's
-    own sources, which name them already, stay as they are)."""
+    """An installed module's source with its relative imports pointing at the saved folder's file names."""
 
     def rename(match: re.Match) -> str:
         module = match.group(2)
-        if module in SAVED_NAMES.values():
-            return match.group(0)
         if module not in SAVED_NAMES:
             raise ValueError(f"remote_code: relative import of {module!r}, which SAVED_NAMES does not list; add it")
         return f"{match.group(1)}{SAVED_NAMES[module]}{match.group(3)}"
@@ -56,14 +58,13 @@ def _flat_source(text: str) -> str:
 
 def code_files() -> dict[str, Path]:
     """File name in a saved folder -> source path, for the layout we run from (installed package or saved folder)."""
-    here = Path(__file__).resolve().parent
-    if not (here / "kernels").is_dir():
-        # A saved folder loaded with trust_remote_code: its files already have their saved names. transformers keeps
-        # the config's and the model's modules in separate folders and, on save, copies the model class's file and
-        # what it imports itself; we copy what sits beside this file (the config side, kernels included).
-        return {path.name: path for path in sorted(here.glob("*.py")) if path.name != "__init__.py"}
-    files = {f"{SAVED_NAMES[name]}.py": here / f"{name}.py" for name in MODEL_MODULES}
-    files.update({f"{SAVED_NAMES[name]}.py": here / "kernels" / f"{name}.py" for name in KERNEL_MODULES})
+    if not INSTALLED:
+        # transformers keeps the config's and the model's modules in separate folders and, on save, copies the model
+        # class's file and what it imports itself; we copy what sits beside this file (the config side, kernels
+        # included).
+        return {path.name: path for path in sorted(HERE.glob("*.py")) if path.name != "__init__.py"}
+    files = {f"{SAVED_NAMES[name]}.py": HERE / f"{name}.py" for name in MODEL_MODULES}
+    files.update({f"{SAVED_NAMES[name]}.py": HERE / "kernels" / f"{name}.py" for name in KERNEL_MODULES})
     return files
 
 
@@ -75,6 +76,7 @@ def save_code(folder: str | Path) -> list[str]:
     for name, source in code_files().items():
         destination = folder / name
         if source.resolve() != destination.resolve():
-            destination.write_text(_flat_source(source.read_text()))
+            text = source.read_text()
+            destination.write_text(_flat_source(text) if INSTALLED else text)
         written.append(name)
     return written
