@@ -7,13 +7,14 @@ length. The model: bench_cpu.py's "large" shape (the xLSTM-7B block, hidden 256,
 random weights, float32.
 
 - vLLM: one engine (prefix caching off, as for every hf_xlstm model), all requests added, then engine steps until
-  every request has finished; a request's latency is the time from the start until its last token.
+  every request has finished; a request's latency is the time from the start until its last token. Two engines:
+  vLLM's default (the model compiled with torch.compile, everything but the mixers) and --enforce-eager.
 - generate(): the requests in their order in batches of --batch (left-padded), each batch greedy up to its
   longest output; a request's latency is the time from the start until its batch has finished. One thread
   (torch.set_num_threads(1)): on 2 cores vLLM runs the model on one thread and its engine on the other.
 
-Both run --repeats times, interleaved (vLLM, generate, vLLM, ...; the engine stays up), and the run of median
-wall time of each is reported.
+All run --repeats times, interleaved (vLLM, vLLM eager, generate, vLLM, ...; the engines stay up), and the run of
+median wall time of each is reported.
 
 Useful tokens are the requested output tokens (a padded batch computes more). Prints a table and writes JSON.
 
@@ -63,12 +64,13 @@ class VllmRunner:
     """One vLLM engine; `once(requests)` adds them all, steps until every one has finished and returns (wall,
     per-request latencies, per-request tokens)."""
 
-    def __init__(self, folder: Path, max_num_seqs: int):
+    def __init__(self, folder: Path, max_num_seqs: int, enforce_eager: bool):
         from vllm import LLM, SamplingParams
 
         self.params = lambda n: SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, detokenize=False)
         self.llm = LLM(model=str(folder), dtype="float32", skip_tokenizer_init=True, max_model_len=512,
-                       max_num_seqs=max_num_seqs, kv_cache_memory_bytes=256 * 2**20, seed=0)
+                       max_num_seqs=max_num_seqs, kv_cache_memory_bytes=256 * 2**20, seed=0,
+                       enforce_eager=enforce_eager)
         self.engine = self.llm.llm_engine
         self.calls = 0
 
@@ -139,21 +141,26 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
-        runner = VllmRunner(Path(folder), args.max_num_seqs)
+        runners = [VllmRunner(Path(folder), args.max_num_seqs, enforce_eager=False)]
         try:
-            runner.once(requests[:4])  # warm-up
+            runners.append(VllmRunner(Path(folder), args.max_num_seqs, enforce_eager=True))
+            for runner in runners:
+                runner.once(requests[:4])  # warm-up
             generate_once(model, requests[:2], args.batch)
-            vllm_runs, generate_runs = [], []
-            for _ in range(args.repeats):  # interleaved, so that machine noise hits both alike
-                vllm_runs.append(runner.once(requests))
+            vllm_runs, eager_runs, generate_runs = [], [], []
+            for _ in range(args.repeats):  # interleaved, so that machine noise hits all alike
+                vllm_runs.append(runners[0].once(requests))
+                eager_runs.append(runners[1].once(requests))
                 generate_runs.append(generate_once(model, requests, args.batch))
         finally:
-            runner.close()
+            for runner in runners:
+                runner.close()
     served = median_run("vLLM (hf_xlstm plugin)", vllm_runs, useful)
+    eager = median_run("vLLM --enforce-eager", eager_runs, useful)
     generated = median_run(f"hf_xlstm generate(), padded batches of {args.batch}", generate_runs, useful)
-    same = sum(a == b for a, b in zip(vllm_runs[0][2], generate_runs[0][2]))
+    same = sum(a == b == c for a, b, c in zip(vllm_runs[0][2], eager_runs[0][2], generate_runs[0][2]))
 
-    rows = [served, generated]
+    rows = [served, eager, generated]
     print(f"{args.requests} requests, prompts {args.min_prompt}-{args.max_prompt} tokens, outputs 8-127 tokens "
           f"({served['useful_tokens']} in all); {os.cpu_count()} CPU cores")
     print(f"{'':48} {'useful tok/s':>12} {'wall s':>8} {'latency median s':>17} {'p90 s':>8} {'computed tok':>12}")
@@ -161,11 +168,13 @@ def main() -> None:
         print(f"{r['name']:48} {r['useful_tokens_per_s']:12.1f} {r['wall_s']:8.2f} {r['latency_median_s']:17.2f} "
               f"{r['latency_p90_s']:8.2f} {r['computed_tokens']:12d}")
     speedup = served["useful_tokens_per_s"] / generated["useful_tokens_per_s"]
-    print(f"vLLM / generate(): {speedup:.2f}x useful tokens/s; greedy outputs identical for {same}/{len(requests)} "
-          "requests")
+    eager_speedup = eager["useful_tokens_per_s"] / generated["useful_tokens_per_s"]
+    print(f"vLLM / generate(): {speedup:.2f}x useful tokens/s ({eager_speedup:.2f}x eager); greedy outputs identical "
+          f"for {same}/{len(requests)} requests")
     result = dict(shape=SHAPE, requests=args.requests, prompt_range=[args.min_prompt, args.max_prompt],
                   output_range=[8, 127], batch=args.batch, max_num_seqs=args.max_num_seqs, rows=rows,
-                  repeats=args.repeats, speedup_useful_tokens_per_s=speedup, identical_outputs=same,
+                  repeats=args.repeats, speedup_useful_tokens_per_s=speedup,
+                  eager_speedup_useful_tokens_per_s=eager_speedup, identical_outputs=same,
                   cpu_count=os.cpu_count(),
                   platform=platform.platform(), torch=torch.__version__)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -143,6 +143,37 @@ def test_greedy_equals_generate_many_prefills_per_step(saved):
         del llm
 
 
+def test_compiled_and_eager_engines_agree_with_generate(saved, monkeypatch):
+    """vLLM's default compiles the model (torch.compile of everything but the mixers, which run behind the custom op
+    vllm::hf_xlstm_mixer); --enforce-eager runs it as it is. Both give generate()'s greedy tokens. The engine runs in
+    this process here, so that vLLM's compilation counter shows the model was compiled, not skipped."""
+    from vllm.compilation.counter import compilation_counter
+
+    from hf_xlstm.vllm_plugin import MIXER_OP
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    folder, model = saved["large"]
+    ids = prompts(model.config.vocab_size, lengths=(23, 4, 9), seed=7)
+    reference = greedy_reference(model, ids, [10, 10, 10])
+    for enforce_eager in (False, True):
+        seen = compilation_counter.num_models_seen
+        compiled = compilation_counter.num_aot_compiles + compilation_counter.num_aot_artifacts_loaded
+        llm = vllm.LLM(model=str(folder), enforce_eager=enforce_eager, **ENGINE)
+        try:
+            config = llm.llm_engine.vllm_config.compilation_config
+            if enforce_eager:
+                assert compilation_counter.num_models_seen == seen
+            else:
+                assert compilation_counter.num_models_seen == seen + 1  # the model took vLLM's compilation
+                # compiled now, or loaded from vLLM's compile cache
+                assert compilation_counter.num_aot_compiles + compilation_counter.num_aot_artifacts_loaded > compiled
+                assert config.splitting_ops == [MIXER_OP]
+            assert run(llm, ids, greedy(10)) == reference
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+
+
 def test_prefix_caching_is_refused(saved):
     folder, _ = saved["large"]
     with pytest.raises(ValueError, match="hf_xlstm models in vLLM do not support prefix caching"):

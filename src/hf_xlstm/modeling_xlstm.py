@@ -334,7 +334,12 @@ class _Block(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, mask=None, cache=None, resets=None):
         cache_layer = cache.layers[self.block_idx] if cache is not None else None
-        hidden_states = hidden_states + self.mixer(self.norm(hidden_states), mask, resets, cache_layer)
+        return self.with_mixer(hidden_states, lambda x: self.mixer(x, mask, resets, cache_layer))
+
+    def with_mixer(self, hidden_states, mix):
+        """The block with `mix(normed input)` in the mixer's place. Serving engines run the mixer their own way (the
+        vLLM plugin: over their flat token batch, behind one custom op) and keep the rest of the block as it is."""
+        hidden_states = hidden_states + mix(self.norm(hidden_states))
         if self.ffn is not None:
             hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states))
         return hidden_states

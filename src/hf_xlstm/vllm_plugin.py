@@ -10,39 +10,48 @@ state set-up of vLLM's attention-free (Mamba-like) models to it. Then `vllm.LLM(
 `vllm serve folder` load an ordinary save_pretrained folder, without trust_remote_code.
 
 One implementation of the math: the blocks are hf_xlstm's own (`build_block`), with the weights of the same state
-dict. vLLM's per-sequence state slots are handed to them through the cache-layer interface they already read and
-write in `generate()` (`get_state` / `set_state` / `get_conv_window` / `set_conv_window`), so prefill runs the chunkwise
-`mlstm(..., initial_state, return_final_state=True)` and `slstm(...)` ops and decode the `mlstm_step` op, exactly as
-in transformers. Per step, vLLM's batch (decodes first, then prefills, all tokens flattened) becomes batches the
-blocks take: the decodes as one (num_decodes, 1) batch, the prefills as right-padded batches of similar lengths
-with a padding mask (padding leaves every state untouched; one prompt alone is not padded). A sequence whose whole
-length is this step's query starts from the zero state (new, or recomputed after preemption); any other (decode,
-later chunk of a chunked prefill) continues from its slot; final states are written back to the slots in place.
+dict. vLLM's per-sequence state slots are handed to their mixers through the cache-layer interface they already read
+and write in `generate()` (`get_state` / `set_state` / `get_conv_window` / `set_conv_window`), so prefill runs the
+chunkwise `mlstm(..., initial_state, return_final_state=True)` and `slstm(...)` ops and decode the `mlstm_step` op,
+exactly as in transformers. Per step, vLLM's batch (decodes first, then prefills, all tokens flattened) becomes
+batches the mixers take: the decodes as one (num_decodes, 1) batch, the prefills as right-padded batches of similar
+lengths with a padding mask (padding leaves every state untouched; one prompt alone is not padded). A sequence whose
+whole length is this step's query starts from the zero state (new, or recomputed after preemption); any other
+(decode, later chunk of a chunked prefill) continues from its slot; final states are written back in place.
 
-Limits: prefix caching is refused (vLLM leaves it off for attention-free models); the model runs eagerly (not
-compiled: no custom-op boundary around the state updates yet); one device (no tensor or pipeline parallelism); no
-speculative decoding or LoRA.
+Compiled as vLLM compiles its own recurrent models: each block runs as `block.with_mixer(h, state_layer)`, the
+norms, residuals and feed-forwards on the flat tokens in the compiled graph, the mixer (all of it that reads the
+step's layout and the state slots) behind the custom op `vllm::hf_xlstm_mixer`, which is the graph's split point.
+On GPUs CUDA graphs cover the pieces between the mixers (PIECEWISE), not the mixers themselves.
+
+Limits: prefix caching is refused (vLLM leaves it off for attention-free models); one device (no tensor or pipeline
+parallelism); no speculative decoding or LoRA.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from vllm.config import VllmConfig, get_current_vllm_config
+from vllm.compilation.decorators import support_torch_compile
+from vllm.config import CUDAGraphMode, VllmConfig, get_current_vllm_config
 from vllm.forward_context import get_forward_context
+from vllm.logger import init_logger
 from vllm.model_executor.layers.mamba.abstract import MambaBase
 from vllm.model_executor.models.config import MambaModelConfig
 from vllm.model_executor.models.interfaces import HasInnerState, IsAttentionFree
 from vllm.platforms import current_platform
+from vllm.utils.torch_utils import direct_register_custom_op
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
 from .configuration_xlstm import xLSTMConfig
 from .modeling_xlstm import build_block, build_final_norm, soft_cap
 
 ARCHITECTURE = "xLSTMForCausalLM"
+logger = init_logger(__name__)
 
 
 def register() -> None:
@@ -65,6 +74,22 @@ class xLSTMVllmConfig(MambaModelConfig):
             raise ValueError("hf_xlstm models in vLLM do not support prefix caching (a recurrent state cannot be "
                              "taken up at a cached prefix); leave --enable-prefix-caching off.")
         super().verify_and_update_config(vllm_config)
+        compilation = vllm_config.compilation_config
+        # The compiled graph (and each CUDA graph) ends at every mixer op: the mixers read the step's layout and
+        # state slots, which change from step to step. The model has no attention, so the op is its only split.
+        if compilation.splitting_ops is None:
+            compilation.splitting_ops = [MIXER_OP]
+        elif compilation.splitting_ops and MIXER_OP not in compilation.splitting_ops:
+            compilation.splitting_ops.append(MIXER_OP)
+        # Full CUDA graphs would capture the mixers too: their step layout is worked out on the host, so they are
+        # not capturable. Graphs of the pieces between them are. (No CUDA graphs off CUDA.)
+        mode = compilation.cudagraph_mode
+        if current_platform.is_cuda_alike() and (mode is None or mode.has_full_cudagraphs()):
+            if mode is not None:
+                logger.warning("hf_xlstm in vLLM: cudagraph_mode %s would capture the mixers, which work out each "
+                               "step's layout on the host; using PIECEWISE (graphs of the layers between them).",
+                               mode.name)
+            compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
 
 
 def hf_xlstm_config(config) -> xLSTMConfig:
@@ -96,15 +121,22 @@ def state_shapes(config: xLSTMConfig, block_idx: int) -> tuple[list[tuple[int, .
 
 
 class xLSTMStateLayer(nn.Module, MambaBase):
-    """vLLM's view of one block's state: shapes and dtypes, so its state manager allocates one slot per running
-    sequence (`self.kv_cache`, a tuple of (slots, *shape) tensors bound by vLLM). No parameters, no compute."""
+    """One block's mixer as vLLM runs it. To vLLM's state manager it declares the block's state (shapes and dtypes),
+    so that one slot per running sequence is allocated (`self.kv_cache`, a tuple of (slots, *shape) tensors bound by
+    vLLM); called on the step's flat normed tokens it runs the block's own mixer over them, behind the custom op
+    `vllm::hf_xlstm_mixer` (the boundary vLLM's compiler leaves out of the compiled graph and between CUDA-graph
+    pieces: the mixer reads the step's layout and the slots, which change every step)."""
 
-    def __init__(self, config: xLSTMConfig, block_idx: int, dtype: torch.dtype, prefix: str):
+    def __init__(self, config: xLSTMConfig, block_idx: int, mixer: nn.Module, layout: "StepLayout",
+                 dtype: torch.dtype, prefix: str):
         super().__init__()
         self.shapes, self.num_recurrent = state_shapes(config, block_idx)
         # recurrent states in float32 (also in a bf16 model: rounding them each step makes generations drift),
         # the conv window in the model's dtype, as in xLSTMCache
         self.dtypes = tuple(torch.float32 if i < self.num_recurrent else dtype for i in range(len(self.shapes)))
+        # the block's mixer, not a submodule here: its parameters are the block's (one name each in the state dict)
+        object.__setattr__(self, "mixer", mixer)
+        self.layout = layout
         self.prefix = prefix
         self.kv_cache = ()
         static = get_current_vllm_config().compilation_config.static_forward_context
@@ -123,11 +155,45 @@ class xLSTMStateLayer(nn.Module, MambaBase):
         # its metadata (query_start_loc, seq_lens, one state slot per sequence) is all a block needs
         return MambaAttentionBackendEnum.LINEAR
 
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output = torch.empty_like(hidden_states)
+        torch.ops.vllm.hf_xlstm_mixer(hidden_states, output, self.prefix)
+        return output
+
+    def run_mixer(self, hidden_states: torch.Tensor, output: torch.Tensor) -> None:
+        """The op's body: the mixer over the step's sequences, each continuing from its slot or from zero, its
+        final state written back to the slot. hidden_states, output: (tokens, hidden), vLLM's flat batch."""
+        metadata = get_forward_context().attn_metadata
+        if not metadata:
+            # a dummy run (profiling, warm-up): the tokens as one fresh sequence, no state kept
+            output.copy_(self.mixer(hidden_states[None])[0])
+            return
+        layout = self.layout.of(metadata[self.prefix], hidden_states.device)
+        slots = metadata[self.prefix].state_indices_tensor[:layout.num_requests].to(hidden_states.device, torch.long)
+        output.zero_()  # rows past the step's tokens (a batch padded to a captured size) stay zero
+        for group in layout.groups:
+            cache_layer = _SlotCacheLayer(self.kv_cache, self.num_recurrent, slots[group.rows], group.carry)
+            h = self.mixer(hidden_states[group.index], group.mask, None, cache_layer)
+            output[group.destination] = h.reshape(-1, h.shape[-1]) if group.mask is None else h[group.mask]
+
+
+def _mixer_op(hidden_states: torch.Tensor, output: torch.Tensor, layer_name: str) -> None:
+    get_forward_context().no_compile_layers[layer_name].run_mixer(hidden_states, output)
+
+
+def _mixer_op_shapes(hidden_states: torch.Tensor, output: torch.Tensor, layer_name: str) -> None:
+    return None  # writes `output` in place: nothing to describe to the compiler
+
+
+MIXER_OP = "vllm::hf_xlstm_mixer"
+direct_register_custom_op(op_name="hf_xlstm_mixer", op_func=_mixer_op, mutates_args=["output"],
+                          fake_impl=_mixer_op_shapes)
+
 
 class _SlotCacheLayer:
-    """The cache-layer interface hf_xlstm's blocks use (as xLSTMCacheLayer), over vLLM state slots: rows of one
+    """The cache-layer interface hf_xlstm's mixers use (as xLSTMCacheLayer), over vLLM state slots: rows of one
     group of sequences, `slots[r]` their slot. `carry`: (rows,) bool, True where the row continues a sequence
-    (the others start from the zero state); True when every row does; None when none does, so the block sees no
+    (the others start from the zero state); True when every row does; None when none does, so the mixer sees no
     state at all, as a fresh generate() does."""
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], num_recurrent: int, slots: torch.Tensor,
@@ -160,14 +226,7 @@ class _SlotCacheLayer:
         t.index_copy_(0, self.slots, window.to(t.dtype))
 
 
-class _SlotCache:
-    """What a block reads as `cache` (it takes `cache.layers[block_idx]`)."""
-
-    def __init__(self, layers: list[_SlotCacheLayer]):
-        self.layers = layers
-
-
-# ---------------------------------------------------------------------------------------------------- model
+# ---------------------------------------------------------------------------------------------------- step layout
 def prefill_groups(lengths: list[int], slack: float = 0.8, tokens: int = 16) -> list[list[int]]:
     """Prefills of one step in batches of similar lengths (indices into `lengths`): a padded batch computes
     rows x longest, so one batch of lengths 4..200 computes about twice the tokens it has. A sequence joins the
@@ -183,14 +242,90 @@ def prefill_groups(lengths: list[int], slack: float = 0.8, tokens: int = 16) -> 
     return groups
 
 
-class _Backbone(nn.Module):
-    """hf_xlstm's xLSTMModel layout (same parameter names), built from its own block and norm classes."""
+@dataclass
+class RowGroup:
+    """Sequences a mixer takes as one (rows, T) batch: `index` (rows, T) where each step's token sits in the flat
+    batch, `mask` (rows, T) the real steps (None: all are), `destination` the flat positions of the real steps in
+    row-major order, `carry` as in _SlotCacheLayer."""
+    rows: torch.Tensor
+    index: torch.Tensor
+    mask: torch.Tensor | None
+    destination: torch.Tensor
+    carry: torch.Tensor | bool | None
 
-    def __init__(self, config: xLSTMConfig):
+
+class StepLayout:
+    """How one step's flat batch (decodes first, then prefills) maps onto batches the mixers take: the decodes as
+    one (num_decodes, 1) batch, the prefills in right-padded batches of similar lengths (`prefill_groups`). Worked
+    out once per step, by the first block's op, and shared by all blocks (they see the same sequences)."""
+
+    def __init__(self):
+        self.metadata = None  # the step it was made for (kept, so that its identity cannot be reused)
+        self.num_requests = 0
+        self.groups: list[RowGroup] = []
+
+    def of(self, metadata, device: torch.device) -> "StepLayout":
+        if metadata is not self.metadata:
+            self.metadata = metadata
+            self.num_requests, self.groups = self._make(metadata, device)
+        return self
+
+    @staticmethod
+    def _make(metadata, device: torch.device) -> tuple[int, list[RowGroup]]:
+        nd, npre = metadata.num_decodes, metadata.num_prefills
+        nreq = nd + npre
+        qsl = metadata.query_start_loc[: nreq + 1].to(device, torch.long)
+        qlen = qsl[1:] - qsl[:-1]
+        # a sequence whose length is this step's query has no past: zero state (new, or recomputed after
+        # preemption); every other one continues from its slot (decode, later chunk of a chunked prefill)
+        carry = metadata.seq_lens[:nreq].to(device) > qlen
+        groups = []
+        if nd:
+            # decodes: one token each, the first nd tokens, all continuing
+            rows = torch.arange(nd, device=device)
+            groups.append(RowGroup(rows, rows[:, None], None, rows, True))
+        for group in prefill_groups(qlen[nd:].tolist()):
+            rows = torch.tensor([nd + i for i in group], device=device)
+            T = int(qlen[rows].max())
+            steps = torch.arange(T, device=device)
+            index = qsl[rows, None] + steps  # (rows, T)
+            mask = steps < qlen[rows, None]
+            if bool(mask.all()):
+                mask, destination = None, index.reshape(-1)
+            else:
+                destination = index[mask]
+                index = torch.where(mask, index, qsl[rows, None])  # padding reads a real token, masked out
+            continuing = int(carry[rows].sum())
+            row_carry = None if continuing == 0 else True if continuing == len(group) else carry[rows]
+            groups.append(RowGroup(rows, index, mask, destination, row_carry))
+        return nreq, groups
+
+
+# ---------------------------------------------------------------------------------------------------- model
+@support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "inputs_embeds": 0})
+class xLSTMVllmModel(nn.Module):
+    """hf_xlstm's xLSTMModel layout (same parameter names), built from its own block and norm classes; each
+    block's mixer runs through its xLSTMStateLayer. vLLM compiles this forward (torch.compile; CUDA graphs of the
+    pieces between the mixers on GPUs) unless run eagerly."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", config: xLSTMConfig):
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList([build_block(config, i) for i in range(config.num_blocks)])
         self.norm = build_final_norm(config)
+        layout = StepLayout()
+        dtype = vllm_config.model_config.dtype
+        self.states = nn.ModuleList([
+            xLSTMStateLayer(config, i, block.mixer, layout, dtype, prefix=f"{prefix}.blocks.{i}.state")
+            for i, block in enumerate(self.blocks)
+        ])
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors=None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        h = inputs_embeds if inputs_embeds is not None else self.embeddings(input_ids)  # (tokens, hidden)
+        for block, state in zip(self.blocks, self.states):
+            h = block.with_mixer(h, state)
+        return self.norm(h)
 
 
 class xLSTMVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
@@ -207,71 +342,18 @@ class xLSTMVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         if current_platform.is_cpu():
             config.backend = "native"  # vLLM turns Triton off on CPU
         self.config = config
-        self.backbone = _Backbone(config)
+        self.backbone = xLSTMVllmModel(vllm_config=vllm_config, prefix=f"{prefix}{'.' if prefix else ''}backbone",
+                                       config=config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
-        dtype = vllm_config.model_config.dtype
-        self.state_layers = nn.ModuleList([
-            xLSTMStateLayer(config, i, dtype, prefix=f"{prefix}{'.' if prefix else ''}backbone.blocks.{i}.state")
-            for i in range(config.num_blocks)
-        ])
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.backbone.embeddings(input_ids)
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors=None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        x = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)  # (N, D) flat tokens
-        metadata = get_forward_context().attn_metadata
-        if not metadata:
-            # a dummy run (profiling, warm-up): the tokens as one fresh sequence, no state kept
-            h = x[None]
-            for block in self.backbone.blocks:
-                h = block(h)
-            return self.backbone.norm(h[0])
-        return self.backbone.norm(self._run_batch(x, metadata))
-
-    def _run_batch(self, x: torch.Tensor, metadata: dict) -> torch.Tensor:
-        """The blocks over vLLM's flattened batch (decodes first, then prefills): the decodes as one (nd, 1) batch,
-        the prefills in right-padded batches of similar lengths (`prefill_groups`)."""
-        first = metadata[self.state_layers[0].prefix]
-        nd, npre = first.num_decodes, first.num_prefills
-        nreq = nd + npre
-        qsl = first.query_start_loc[: nreq + 1].to(x.device, torch.long)
-        qlen = qsl[1:] - qsl[:-1]
-        # a sequence whose length is this step's query has no past: zero state (new, or recomputed after
-        # preemption); every other one continues from its slot (decode, later chunk of a chunked prefill)
-        carry = first.seq_lens[:nreq].to(x.device) > qlen
-        slots = [metadata[layer.prefix].state_indices_tensor[:nreq].to(x.device, torch.long)
-                 for layer in self.state_layers]
-        out = torch.zeros_like(x)
-        groups = [list(range(nd))] if nd else []
-        groups += [[nd + i for i in group] for group in prefill_groups(qlen[nd:].tolist())]
-        for group in groups:
-            rows = torch.tensor(group, device=x.device)
-            T = int(qlen[group].max()) if len(group) > 1 else int(qlen[group[0]])
-            steps = torch.arange(T, device=x.device)
-            index = qsl[rows, None] + steps  # (rows, T): where each step's token sits in the flat batch
-            mask = None
-            if len(group) > 1 and T > 1:
-                mask = steps < qlen[rows, None]
-                if bool(mask.all()):
-                    mask = None
-                else:
-                    index = torch.where(mask, index, qsl[rows, None])  # padding reads a real token, masked out
-            continuing = int(carry[rows].sum())
-            row_carry = None if continuing == 0 else True if continuing == len(group) else carry[rows]
-            cache = _SlotCache([_SlotCacheLayer(layer.kv_cache, layer.num_recurrent, layer_slots[rows], row_carry)
-                                for layer, layer_slots in zip(self.state_layers, slots)])
-            h = x[index]
-            for block in self.backbone.blocks:
-                h = block(h, mask=mask, cache=cache)
-            if mask is None:
-                out[index.reshape(-1)] = h.reshape(-1, h.shape[-1])
-            else:
-                out[index[mask]] = h[mask]
-        return out
+        return self.backbone(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(hidden_states).float(), self.config.output_logit_soft_cap)
