@@ -8,7 +8,7 @@
 #   3. the xLSTM-7B shape (random bf16 weights), compiled, to 16k generated tokens: the speed over the first and the
 #      last 1024 tokens says whether decoding stays flat;
 #   4. where vLLM is installed (CUDA wheels, hf_xlstm installed beside it): the vLLM plugin's tests on the GPU, whose
-#      blocks take the Triton kernels there (vLLM runs the model eagerly: no compiled mode for it yet).
+#      blocks take the Triton kernels there, compiled with PIECEWISE CUDA graphs (vLLM's default) and eagerly.
 # Usage: scripts/gpu_checks.sh [output folder]      (relative to the repository root; default benchmarks/results/gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."

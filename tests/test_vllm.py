@@ -54,7 +54,7 @@ def make_tokenizer():
 def tiny_model(style: str, vocab_size: int, seed: int = 0) -> xLSTMForCausalLM:
     """xLSTM[2:1] (paper, sLSTM block in the middle) or the 7B block shape, 3 blocks. No eos_token_id: generate()
     then runs exactly max_new_tokens, as vLLM does with ignore_eos. Weights perturbed so that every gate matters."""
-    kwargs = dict(vocab_size=vocab_size, hidden_size=32, num_blocks=3, num_heads=2, chunk_size=16, backend="native",
+    kwargs = dict(vocab_size=vocab_size, hidden_size=32, num_blocks=3, num_heads=2, chunk_size=16, backend="auto",
                   pad_token_id=1, bos_token_id=0, eos_token_id=None)
     if style == "paper":
         kwargs.update(slstm_at=[1])
