@@ -20,6 +20,14 @@ Useful tokens are the requested output tokens (a padded batch computes more). Pr
 
     python scripts/bench_serving.py [--requests 48] [--json benchmarks/results/serving_cpu.json]
 
+--concurrency C [C ...] measures something else: decoding throughput with C requests at a time (each a prompt of
+--prompt-tokens and exactly --new-tokens new tokens, all C added at once, --repeats runs per C) against batch-1
+generate() on the same model, on --device in --dtype; vLLM's default engine (compiled, CUDA graphs on GPUs). For the
+xLSTM-7B shape with random weights on a GPU (needs about 30 GB: the model once for generate(), then in vLLM):
+
+    python scripts/bench_serving.py --shape 7b --device cuda --dtype bfloat16 --concurrency 1 16 64 \
+        --json benchmarks/results/gpu/serving_7b.json
+
 Needs vLLM and hf_xlstm's vllm.general_plugins entry point (an install of hf_xlstm in the vLLM environment).
 """
 
@@ -40,6 +48,13 @@ from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
 
 SHAPE = dict(vocab_size=256, hidden_size=256, num_blocks=4, num_heads=4, block_style="large",
              output_logit_soft_cap=30.0, backend="native", pad_token_id=0, bos_token_id=1, eos_token_id=None)
+SHAPES = {
+    "cpu": SHAPE,  # bench_cpu.py's large shape
+    # the xLSTM-7B shape (presets' "xlstm-7b"); backend auto: the Triton kernels on CUDA
+    "7b": dict(SHAPE, vocab_size=50304, hidden_size=4096, num_blocks=32, num_heads=8, qk_dim_factor=0.5,
+               v_dim_factor=1.0, ffn_proj_factor=2.667, ffn_round_up_to=64, gate_soft_cap=15.0, chunk_size=64,
+               tie_word_embeddings=False, backend="auto"),
+}
 
 
 def make_requests(n: int, min_prompt: int, max_prompt: int, seed: int) -> list[tuple[list[int], int]]:
@@ -64,12 +79,13 @@ class VllmRunner:
     """One vLLM engine; `once(requests)` adds them all, steps until every one has finished and returns (wall,
     per-request latencies, per-request tokens)."""
 
-    def __init__(self, folder: Path, max_num_seqs: int, enforce_eager: bool):
+    def __init__(self, folder: Path, max_num_seqs: int, enforce_eager: bool, dtype: str = "float32",
+                 max_model_len: int = 512, state_bytes: int = 256 * 2**20):
         from vllm import LLM, SamplingParams
 
         self.params = lambda n: SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, detokenize=False)
-        self.llm = LLM(model=str(folder), dtype="float32", skip_tokenizer_init=True, max_model_len=512,
-                       max_num_seqs=max_num_seqs, kv_cache_memory_bytes=256 * 2**20, seed=0,
+        self.llm = LLM(model=str(folder), dtype=dtype, skip_tokenizer_init=True, max_model_len=max_model_len,
+                       max_num_seqs=max_num_seqs, kv_cache_memory_bytes=state_bytes, seed=0,
                        enforce_eager=enforce_eager)
         self.engine = self.llm.llm_engine
         self.calls = 0
@@ -122,6 +138,90 @@ def median_run(name: str, runs: list, useful: int) -> dict:
     return row
 
 
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def state_bytes_per_sequence(config: xLSTMConfig, dtype: torch.dtype) -> int:
+    """What vLLM allocates per sequence slot for this model: every block's float32 states and conv window."""
+    from hf_xlstm.vllm_plugin import state_shapes
+
+    total = 0
+    for i in range(config.num_blocks):
+        shapes, recurrent = state_shapes(config, i)
+        for j, shape in enumerate(shapes):
+            size = 4 if j < recurrent else torch.tensor([], dtype=dtype).element_size()
+            total += size * int(torch.Size(shape).numel())
+    return total
+
+
+def concurrency_sweep(args) -> None:
+    """Decoding throughput at each --concurrency against batch-1 generate() (see the module docstring)."""
+    dtype = getattr(torch, args.dtype)
+    config = xLSTMConfig(**SHAPES[args.shape])
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # as vLLM's model on 2 cores (its engine takes the other one)
+    torch.manual_seed(args.seed)
+    with torch.device(args.device):  # initialized where it runs: the 7B shape in host memory would take minutes
+        model = xLSTMForCausalLM(config)
+    model = model.to(dtype).eval()
+    g = torch.Generator().manual_seed(args.seed)
+    prompts = [torch.randint(2, config.vocab_size, (args.prompt_tokens,), generator=g).tolist()
+               for _ in range(max(args.concurrency))]
+
+    ids = torch.tensor(prompts[:1], device=args.device)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, do_sample=False)  # warm-up (kernels compiled, caches made)
+        walls = []
+        for _ in range(args.repeats):
+            sync(args.device)
+            start = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=args.new_tokens, do_sample=False)
+            sync(args.device)
+            walls.append(time.perf_counter() - start)
+    reference = out[0, args.prompt_tokens:].tolist()
+    baseline = dict(name="hf_xlstm generate(), batch 1", concurrency=1, wall_s=statistics.median(walls),
+                    wall_s_all=walls, tokens_per_s=args.new_tokens / statistics.median(walls))
+    print(f"generate() batch 1: {baseline['tokens_per_s']:.1f} tokens/s")
+
+    rows = [baseline]
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        del model, out
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        state = state_bytes_per_sequence(config, dtype)
+        runner = VllmRunner(Path(folder), max(args.concurrency), enforce_eager=False, dtype=args.dtype,
+                            max_model_len=args.prompt_tokens + args.new_tokens + 16,
+                            state_bytes=int(1.5 * state * max(args.concurrency)) + 256 * 2**20)
+        try:
+            runner.once([(prompts[0], 4)])  # warm-up
+            for c in args.concurrency:
+                requests = [(p, args.new_tokens) for p in prompts[:c]]
+                runs = [runner.once(requests) for _ in range(args.repeats)]
+                wall, latencies, tokens, _ = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+                row = dict(name=f"vLLM (hf_xlstm plugin), {c} at a time", concurrency=c, wall_s=wall,
+                           wall_s_all=[r[0] for r in runs], tokens_per_s=c * args.new_tokens / wall,
+                           latency_median_s=statistics.median(latencies),
+                           first_request_equals_generate=tokens[0] == reference)
+                row["ratio_to_batch1_generate"] = row["tokens_per_s"] / baseline["tokens_per_s"]
+                rows.append(row)
+                print(f"vLLM, {c:3d} at a time: {row['tokens_per_s']:10.1f} tokens/s "
+                      f"({row['ratio_to_batch1_generate']:.2f}x generate() batch 1); first request's greedy tokens "
+                      f"{'equal' if row['first_request_equals_generate'] else 'differ from'} generate()'s")
+        finally:
+            runner.close()
+    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                   else f"CPU, {os.cpu_count()} cores, generate() on one thread")
+    result = dict(shape=SHAPES[args.shape], dtype=args.dtype, device=device_name, prompt_tokens=args.prompt_tokens,
+                  new_tokens=args.new_tokens, repeats=args.repeats, rows=rows, state_bytes_per_sequence=state,
+                  platform=platform.platform(), torch=torch.__version__)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print("wrote", args.json)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=48)
@@ -131,8 +231,24 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default="benchmarks/results/serving_cpu.json")
+    parser.add_argument("--json", help="default benchmarks/results/serving_cpu.json, for the sweep "
+                        "benchmarks/results/serving_sweep_SHAPE_DEVICE.json")
+    parser.add_argument("--concurrency", type=int, nargs="+", help="the decoding sweep instead (module docstring)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu", help="with --concurrency")
+    parser.add_argument("--device", default="cpu", help="with --concurrency")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="with --concurrency")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="with --concurrency")
+    parser.add_argument("--new-tokens", type=int, default=256, help="with --concurrency")
     args = parser.parse_args()
+    if args.json is None:
+        args.json = (f"benchmarks/results/serving_sweep_{args.shape}_{args.device.split(':')[0]}.json"
+                     if args.concurrency else "benchmarks/results/serving_cpu.json")
+    if args.concurrency:
+        concurrency_sweep(args)
+        return
+    if (args.shape, args.device, args.dtype) != ("cpu", "cpu", "float32"):
+        parser.error("--shape, --device and --dtype apply to the --concurrency sweep; the request mix runs the CPU "
+                     "shape on the CPU in float32")
 
     torch.manual_seed(args.seed)
     model = xLSTMForCausalLM(xLSTMConfig(**SHAPE)).eval()

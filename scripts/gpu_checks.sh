@@ -8,7 +8,9 @@
 #   3. the xLSTM-7B shape (random bf16 weights), compiled, to 16k generated tokens: the speed over the first and the
 #      last 1024 tokens says whether decoding stays flat;
 #   4. where vLLM is installed (CUDA wheels, hf_xlstm installed beside it): the vLLM plugin's tests on the GPU, whose
-#      blocks take the Triton kernels there, compiled with PIECEWISE CUDA graphs (vLLM's default) and eagerly.
+#      blocks take the Triton kernels there, compiled with PIECEWISE CUDA graphs (vLLM's default) and eagerly; and
+#      the xLSTM-7B shape served at 1, 16 and 64 requests at a time against batch-1 generate() (target: 64 at a
+#      time >= 5x).
 # Usage: scripts/gpu_checks.sh [output folder]      (relative to the repository root; default benchmarks/results/gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,8 @@ step python scripts/bench_generate.py --shape 7b --device cuda --dtype bfloat16 
     --prompts 16 --new-tokens 16384 --repeats 1 --json "$out/generate_7b.json"
 if python -c "import vllm" 2>/dev/null; then
     step python -m pytest -q tests/test_vllm.py --junitxml "$out/vllm_tests.xml"
+    step python scripts/bench_serving.py --shape 7b --device cuda --dtype bfloat16 --concurrency 1 16 64 \
+        --json "$out/serving_7b.json"
 else
     echo "== vLLM is not installed: the plugin's GPU check did not run"
 fi
