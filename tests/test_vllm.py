@@ -190,6 +190,41 @@ def test_prefill_groups():
     assert prefill_groups([7]) == [[0]] and prefill_groups([]) == []
 
 
+def test_step_layout():
+    """One step's flat batch (2 decodes, then prefills of 5, 2 and 20 tokens) as the batches the mixers take: every
+    token once, in its row and step; who starts from zero (a sequence whose length is this step's query: new, or
+    recomputed after preemption) and who continues from its slot (decodes, a later chunk of a prompt)."""
+    from types import SimpleNamespace
+
+    from hf_xlstm.vllm_plugin import StepLayout
+
+    lengths = [1, 1, 5, 2, 20]
+    starts = torch.tensor([0, 1, 2, 7, 9, 29])
+    metadata = SimpleNamespace(num_decodes=2, num_prefills=3, query_start_loc=starts,
+                               seq_lens=torch.tensor([10, 5, 5, 30, 20]))  # the 2-token prefill is a later chunk
+    layout = StepLayout().of(metadata, torch.device("cpu"))
+    assert layout.num_requests == 5
+    assert [g.rows.tolist() for g in layout.groups] == [[0, 1], [4, 2], [3]]  # decodes; prefills longest first
+    assert [g.carry if not isinstance(g.carry, torch.Tensor) else g.carry.tolist() for g in layout.groups] == \
+        [True, None, True]
+    seen = []
+    for g in layout.groups:
+        for r, row in enumerate(g.rows.tolist()):
+            real = lengths[row]
+            assert g.index.shape[1] >= real
+            assert g.index[r, :real].tolist() == list(range(starts[row], starts[row] + real))  # the row's tokens
+            if g.mask is not None:
+                assert g.mask[r].tolist() == [True] * real + [False] * (g.index.shape[1] - real)
+        real_positions = g.index.reshape(-1) if g.mask is None else g.index[g.mask]
+        assert g.destination.tolist() == real_positions.tolist()
+        seen += g.destination.tolist()
+    assert sorted(seen) == list(range(29))  # every token of the step once
+    groups = layout.groups
+    assert layout.of(metadata, torch.device("cpu")).groups is groups  # the other blocks of the step reuse it
+    next_step = SimpleNamespace(**{**vars(metadata), "seq_lens": torch.tensor([11, 6, 5, 30, 20])})
+    assert layout.of(next_step, torch.device("cpu")).groups is not groups
+
+
 def test_state_slots_are_reused_cleanly(engine):
     """A second batch runs in slots the first one left dirty; the same prompt alone and inside a batch agree."""
     llm, model = engine
