@@ -44,16 +44,15 @@ from pathlib import Path
 
 import torch
 
+from bench_generate import sync  # scripts/, first on sys.path when a script runs
 from hf_xlstm import xLSTMConfig, xLSTMForCausalLM
+from hf_xlstm.presets import PRESETS
 
 SHAPE = dict(vocab_size=256, hidden_size=256, num_blocks=4, num_heads=4, block_style="large",
              output_logit_soft_cap=30.0, backend="native", pad_token_id=0, bos_token_id=1, eos_token_id=None)
 SHAPES = {
     "cpu": SHAPE,  # bench_cpu.py's large shape
-    # the xLSTM-7B shape (presets' "xlstm-7b"); backend auto: the Triton kernels on CUDA
-    "7b": dict(SHAPE, vocab_size=50304, hidden_size=4096, num_blocks=32, num_heads=8, qk_dim_factor=0.5,
-               v_dim_factor=1.0, ffn_proj_factor=2.667, ffn_round_up_to=64, gate_soft_cap=15.0, chunk_size=64,
-               tie_word_embeddings=False, backend="auto"),
+    "7b": {**SHAPE, **PRESETS["xlstm-7b"], "backend": "auto"},  # backend auto: the Triton kernels on CUDA
 }
 
 
@@ -130,17 +129,16 @@ def generate_once(model, requests, batch: int):
     return time.perf_counter() - start, latencies, outputs, computed
 
 
-def median_run(name: str, runs: list, useful: int) -> dict:
+def median_wall(runs: list) -> tuple:
     """The run of median wall time among `runs` (wall, latencies, tokens, computed)."""
-    wall, latencies, _, computed = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+    return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+
+
+def median_run(name: str, runs: list, useful: int) -> dict:
+    wall, latencies, _, computed = median_wall(runs)
     row = summary(name, wall, latencies, useful, computed or useful)
     row["wall_s_all"] = [r[0] for r in runs]
     return row
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def state_bytes_per_sequence(config: xLSTMConfig, dtype: torch.dtype) -> int:
@@ -151,8 +149,8 @@ def state_bytes_per_sequence(config: xLSTMConfig, dtype: torch.dtype) -> int:
     for i in range(config.num_blocks):
         shapes, recurrent = state_shapes(config, i)
         for j, shape in enumerate(shapes):
-            size = 4 if j < recurrent else torch.tensor([], dtype=dtype).element_size()
-            total += size * int(torch.Size(shape).numel())
+            itemsize = torch.float32.itemsize if j < recurrent else dtype.itemsize
+            total += itemsize * torch.Size(shape).numel()
     return total
 
 
@@ -200,7 +198,7 @@ def concurrency_sweep(args) -> None:
             for c in args.concurrency:
                 requests = [(p, args.new_tokens) for p in prompts[:c]]
                 runs = [runner.once(requests) for _ in range(args.repeats)]
-                wall, latencies, tokens, _ = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+                wall, latencies, tokens, _ = median_wall(runs)
                 row = dict(name=f"vLLM (hf_xlstm plugin), {c} at a time", concurrency=c, wall_s=wall,
                            wall_s_all=[r[0] for r in runs], tokens_per_s=c * args.new_tokens / wall,
                            latency_median_s=statistics.median(latencies),

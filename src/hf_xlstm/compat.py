@@ -52,7 +52,6 @@ def checkpointing_field(args) -> str:
         else "gradient_checkpointing"
 
 
-
 def set_activation_checkpointing(model, on: bool) -> None:
     """`model.activation_checkpointing_enable()` / `_disable()` (transformers >= 5.23), else the older
     `gradient_checkpointing_*` names, which 5.23 deprecated."""

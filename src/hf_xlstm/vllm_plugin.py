@@ -284,18 +284,22 @@ class StepLayout:
             # decodes: one token each, the first nd tokens, all continuing
             rows = torch.arange(nd, device=device)
             groups.append(RowGroup(rows, rows[:, None], None, rows, True))
-        for group in prefill_groups(qlen[nd:].tolist()):
+        if not npre:
+            return nreq, groups
+        # the prefills' lengths and carries on the host, read once: the grouping is decided there
+        lengths, carried = qlen[nd:].tolist(), carry[nd:].tolist()
+        for group in prefill_groups(lengths):
             rows = torch.tensor([nd + i for i in group], device=device)
-            T = int(qlen[rows].max())
+            T = max(lengths[i] for i in group)
             steps = torch.arange(T, device=device)
             index = qsl[rows, None] + steps  # (rows, T)
-            mask = steps < qlen[rows, None]
-            if bool(mask.all()):
+            if all(lengths[i] == T for i in group):
                 mask, destination = None, index.reshape(-1)
             else:
+                mask = steps < qlen[rows, None]
                 destination = index[mask]
                 index = torch.where(mask, index, qsl[rows, None])  # padding reads a real token, masked out
-            continuing = int(carry[rows].sum())
+            continuing = sum(carried[i] for i in group)
             row_carry = None if continuing == 0 else True if continuing == len(group) else carry[rows]
             groups.append(RowGroup(rows, index, mask, destination, row_carry))
         return nreq, groups
@@ -352,7 +356,7 @@ class xLSTMVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         return self.backbone.embeddings(input_ids)
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors=None,
-                inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         return self.backbone(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
